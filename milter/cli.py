@@ -1,0 +1,225 @@
+"""The command line: flags, `CROWDSEC_MILTER_*` variables and a config file, to Settings.
+
+Every option exists in all three forms (configargparse). Anything wrong stops start-up with
+one line naming the option and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+import configargparse
+import httpx
+
+from . import __version__
+from .policy import Action, Reply, Stage, parse_networks
+from .settings import Settings
+
+PROG = "crowdsec-milter"
+ENV_PREFIX = "CROWDSEC_MILTER_"
+_SOCKET = re.compile(r"^(?:(inet6?):(\d{1,5})(?:@(\S+))?|(?:unix|local):(/\S+))$")
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the message names it."""
+
+
+class _Parser(configargparse.ArgParser):
+    def error(self, message: str) -> NoReturn:
+        fail(message)
+
+
+def fail(message: str) -> NoReturn:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def build_parser() -> configargparse.ArgParser:
+    d = Settings()
+    p = _Parser(
+        prog=PROG,
+        description="CrowdSec bouncer and sensor for Postfix and Sendmail (a milter).",
+        auto_env_var_prefix=ENV_PREFIX,
+        formatter_class=configargparse.ArgumentDefaultsHelpFormatter,
+        args_for_setting_config_path=["-c", "--config"],
+        config_arg_help_message="config file of `key = value` lines (keys are the long flags)",
+    )
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    p.add_argument("--socket", default=d.socket,
+                   help="libmilter socket: inet:PORT@HOST, inet6:PORT@HOST or unix:/path")
+    p.add_argument("--lapi-url", default=d.lapi_url, help="CrowdSec LAPI base URL")
+    p.add_argument("--api-key", default=None,
+                   help="bouncer API key (cscli bouncers add); prefer --api-key-file")
+    p.add_argument("--api-key-file", default=None,
+                   help="file holding the bouncer API key (keeps it out of ps)")
+    p.add_argument("--mode", choices=("stream", "live"), default=d.mode,
+                   help="stream: all decisions in memory; live: ask LAPI per IP and cache")
+    p.add_argument("--update-frequency", type=float, default=d.update_frequency,
+                   help="stream mode: seconds between pulls")
+    p.add_argument("--resync-interval", type=float, default=d.resync_interval,
+                   help="stream mode: seconds between full resyncs (startup=true)")
+    p.add_argument("--cache-ttl", type=float, default=d.cache_ttl,
+                   help="live mode: seconds an answer is reused (never past a ban's expiry)")
+    p.add_argument("--cache-size", type=int, default=d.cache_size,
+                   help="live mode: addresses kept in the cache")
+    p.add_argument("--lapi-timeout", type=float, default=d.lapi_timeout,
+                   help="seconds for one LAPI request")
+    p.add_argument("--on-lapi-error", choices=("accept", "tempfail"), default=str(d.on_lapi_error),
+                   help="what clients get while no decision can be had")
+    p.add_argument("--action", action="append", default=None, metavar="TYPE=ACTION",
+                   help="decision type to reject|tempfail|drop|accept (repeatable) "
+                        "[default: ban=reject captcha=tempfail]")
+    p.add_argument("--default-action", choices=[a.value for a in Action],
+                   default=str(d.default_action), help="action for decision types not listed")
+    p.add_argument("--stage", choices=[s.value for s in Stage], default=str(d.stage),
+                   help="where a banned client is answered")
+    for name, reply in (("reject", d.reject_reply), ("tempfail", d.tempfail_reply),
+                        ("drop", d.drop_reply), ("unavailable", d.unavailable_reply)):
+        p.add_argument(f"--{name}-reply", default=f"{reply.code} {reply.xcode} {reply.text}",
+                       help=f"SMTP reply for {name}; may use %%(ip)s %%(type)s %%(scenario)s "
+                            "%%(origin)s" if name != "unavailable"
+                       else "SMTP reply while LAPI is unavailable and --on-lapi-error=tempfail")
+    p.add_argument("--trusted-network", action="append", default=None, metavar="CIDR",
+                   help="never blocked (repeatable) [default: 127.0.0.0/8 ::1/128]")
+    p.add_argument("--dry-run", action="store_true", help="decide and log, but block nobody")
+    p.add_argument("--event-log", default=d.event_log,
+                   help="JSON event lines: a path, - for stdout, syslog, or none")
+    p.add_argument("--log-level", choices=_LEVELS, default=d.log_level, help="operational log")
+    p.add_argument("--log-format", choices=("text", "json"), default=d.log_format,
+                   help="operational log format (stderr)")
+    return p
+
+
+def _positive(name: str, value: float) -> float:
+    if not value > 0 or value != value or value == float("inf"):
+        raise ConfigError(f"--{name} must be a positive number, not {value!r}")
+    return value
+
+
+def read_api_key(args: configargparse.Namespace) -> str:
+    if args.api_key and args.api_key_file:
+        raise ConfigError("--api-key and --api-key-file exclude each other: give one")
+    if args.api_key_file:
+        path = args.api_key_file
+        try:
+            with open(path, encoding="utf-8") as fh:
+                key = fh.read().strip()
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise ConfigError(f"--api-key-file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"--api-key-file {path}: not text") from exc
+        if not key:
+            raise ConfigError(f"--api-key-file {path} is empty")
+        if mode & (stat.S_IRWXG | stat.S_IRWXO) & (stat.S_IRGRP | stat.S_IROTH):
+            print(f"{PROG}: warning: --api-key-file {path} is readable by other users "
+                  "(chmod 600 it)", file=sys.stderr)
+        return key
+    if args.api_key:
+        return args.api_key.strip()
+    raise ConfigError("an API key is required: --api-key-file or --api-key "
+                      f"(or {ENV_PREFIX}API_KEY_FILE)")
+
+
+def check_socket(spec: str) -> str:
+    match = _SOCKET.match(spec)
+    if not match:
+        raise ConfigError(f"--socket {spec!r} is not inet:PORT@HOST, inet6:PORT@HOST or unix:/path")
+    if match.group(2) is not None and not 0 < int(match.group(2)) < 65536:
+        raise ConfigError(f"--socket {spec!r}: port out of range")
+    return spec
+
+
+def check_url(url: str) -> str:
+    try:
+        parsed = httpx.URL(url)
+    except Exception as exc:
+        raise ConfigError(f"--lapi-url {url!r} is not a URL") from exc
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError(f"--lapi-url {url!r} must be http:// or https:// with a host")
+    return url
+
+
+def parse_actions(specs: Sequence[str] | None) -> tuple[tuple[str, Action], ...]:
+    if specs is None:
+        return Settings().actions
+    result: dict[str, Action] = {}
+    for spec in specs:
+        dtype, sep, action = spec.partition("=")
+        try:
+            if not sep or not dtype.strip():
+                raise ValueError
+            result[dtype.strip().lower()] = Action(action.strip().lower())
+        except ValueError:
+            raise ConfigError(
+                f"--action {spec!r} is not TYPE=reject|tempfail|drop|accept"
+            ) from None
+    return tuple(result.items())
+
+
+def settings_from_args(args: configargparse.Namespace) -> Settings:
+    """Turn parsed arguments into Settings, or raise ConfigError naming the bad one."""
+    replies = {}
+    for name, digit in (("reject", "5"), ("tempfail", "4"), ("drop", "4"), ("unavailable", "4")):
+        try:
+            replies[name] = Reply.parse(getattr(args, f"{name}_reply"), digit)
+        except ValueError as exc:
+            raise ConfigError(f"--{name}-reply: {exc}") from None
+    if replies["drop"].code != "421":
+        raise ConfigError("--drop-reply must use code 421 (the code that closes the session)")
+    try:
+        trusted = parse_networks(args.trusted_network) if args.trusted_network is not None \
+            else Settings().trusted_networks
+    except ValueError as exc:
+        raise ConfigError(f"--trusted-network: {exc}") from None
+    return Settings(
+        socket=check_socket(args.socket),
+        lapi_url=check_url(args.lapi_url),
+        api_key=read_api_key(args),
+        mode=args.mode,
+        update_frequency=_positive("update-frequency", args.update_frequency),
+        resync_interval=_positive("resync-interval", args.resync_interval),
+        cache_ttl=_positive("cache-ttl", args.cache_ttl),
+        cache_size=int(_positive("cache-size", args.cache_size)),
+        lapi_timeout=_positive("lapi-timeout", args.lapi_timeout),
+        on_lapi_error=Action(args.on_lapi_error),
+        actions=parse_actions(args.action),
+        default_action=Action(args.default_action),
+        stage=Stage(args.stage),
+        reject_reply=replies["reject"],
+        tempfail_reply=replies["tempfail"],
+        drop_reply=replies["drop"],
+        unavailable_reply=replies["unavailable"],
+        trusted_networks=trusted,
+        dry_run=args.dry_run,
+        event_log=args.event_log,
+        log_level=args.log_level,
+        log_format=args.log_format,
+    )
+
+
+def parse(argv: Sequence[str] | None = None) -> Settings:
+    """Settings from argv, environment and config file; exits 2 with one line on error."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return settings_from_args(args)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse(argv)
+    from .app import run  # imported late: --help and bad flags need no pymilter
+
+    return run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""CrowdSec decisions as the milter holds them, and how they are read from LAPI's JSON.
+
+Pure: no I/O. LAPI is a remote peer whose answers are checked field by field, so one bad
+decision is skipped (and counted) instead of spoiling the whole answer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+# Severity order: a ban outranks a captcha, which outranks every other type.
+_SEVERITY = {"ban": 0, "captcha": 1}
+
+# Go's time.Duration text: a sign, then number+unit pairs ("3h59m57s", "9m59.72s", "500ms").
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNIT_SECONDS = {
+    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
+}
+# Anything longer than ten years is not a real expiry; it is a bug or an attack on our clock.
+MAX_DURATION = 10 * 365 * 86400.0
+
+
+class DecisionError(ValueError):
+    """One decision from LAPI that cannot be used; the message says which field is wrong."""
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go duration string; negative for the already-expired ones in `deleted`."""
+    if not isinstance(text, str) or not text:
+        raise DecisionError(f"duration is not a Go duration: {text!r:.40}")
+    sign = 1.0
+    body = text
+    if body[0] in "+-":
+        sign = -1.0 if body[0] == "-" else 1.0
+        body = body[1:]
+    if body == "0":
+        return 0.0
+    pos = 0
+    total = 0.0
+    for match in _DURATION_PART.finditer(body):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(body) or pos == 0:
+        raise DecisionError(f"duration is not a Go duration: {text!r:.40}")
+    return sign * total
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """An address or prefix as integers: family 4 or 6, prefix length, network number."""
+
+    family: int
+    prefixlen: int
+    number: int
+
+
+def parse_network(scope: str, value: str) -> Network:
+    """The network an Ip or Range decision covers; IPv4-mapped IPv6 becomes IPv4."""
+    if not isinstance(value, str):
+        raise DecisionError(f"value is not a string: {value!r:.60}")
+    try:
+        if scope == "ip":
+            net = ipaddress.ip_network(value, strict=True)
+            if net.prefixlen != net.max_prefixlen:
+                raise DecisionError(f"Ip decision with a prefix: {value!r:.60}")
+        else:
+            net = ipaddress.ip_network(value, strict=False)
+    except ValueError as exc:
+        raise DecisionError(f"value is not an address or range: {value!r:.60}") from exc
+    if net.version == 6:
+        mapped = net.network_address.ipv4_mapped
+        if mapped is not None and net.prefixlen >= 96:
+            net = ipaddress.ip_network(f"{mapped}/{net.prefixlen - 96}", strict=False)
+    return Network(net.version, net.prefixlen, int(net.network_address))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Decision:
+    """One CrowdSec decision with its own absolute expiry (on the monotonic clock).
+
+    Identity is the LAPI id: two decisions with equal fields but different ids are both kept,
+    so that deleting one leaves the other.
+    """
+
+    id: int
+    type: str
+    scope: str
+    value: str
+    origin: str
+    scenario: str
+    expires: float
+
+    @property
+    def severity(self) -> int:
+        """Lower is more severe: ban, then captcha, then any other type."""
+        return _SEVERITY.get(self.type, 2)
+
+
+def _text(item: dict, key: str, limit: int = 256) -> str:
+    value = item.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise DecisionError(f"{key} is not a string: {value!r:.40}")
+    return value[:limit]
+
+
+_interned: dict[str, str] = {}
+
+
+def _intern(text: str) -> str:
+    """Share the few distinct type/origin/scenario strings among a million decisions."""
+    if len(_interned) > 100_000:
+        _interned.clear()
+    return _interned.setdefault(text, text)
+
+
+def parse_decision(item: object, now: float) -> tuple[Decision, Network] | None:
+    """A decision and its network from one LAPI JSON object, or None for scopes we ignore.
+
+    `now` is the monotonic time the answer arrived: LAPI gives durations, never absolute
+    expiry times, so expiry is receipt time plus duration.
+    """
+    if not isinstance(item, dict):
+        raise DecisionError(f"decision is not an object: {item!r:.60}")
+    scope = _text(item, "scope").lower()
+    if scope not in ("ip", "range"):
+        return None
+    ident = item.get("id")
+    if isinstance(ident, bool) or not isinstance(ident, int):
+        raise DecisionError(f"id is not an integer: {ident!r:.40}")
+    dtype = _text(item, "type", 64).lower()
+    if not dtype:
+        raise DecisionError("type is missing")
+    value = _text(item, "value", 128)
+    network = parse_network(scope, value)
+    seconds = parse_duration(item.get("duration"))  # type: ignore[arg-type]
+    if seconds > MAX_DURATION:
+        raise DecisionError(f"duration is absurd: {item.get('duration')!r:.40}")
+    decision = Decision(
+        id=ident,
+        type=_intern(dtype),
+        scope=_intern("Ip" if scope == "ip" else "Range"),
+        value=value,
+        origin=_intern(_text(item, "origin", 64)),
+        scenario=_intern(_text(item, "scenario")),
+        expires=now + seconds,
+    )
+    return decision, network

@@ -1,0 +1,231 @@
+"""Structured events: one JSON object per line, for CrowdSec to read.
+
+`format_event` is pure: attacker-chosen text (HELO, sender, recipient, reverse name) only
+ever becomes a JSON string value, so it cannot start another line or add a field; bytes that
+were not UTF-8 are written as `\\xNN`; long values are cut with the cut marked.
+
+`EventWriter` hands lines to one background thread through a bounded queue, so a milter
+callback never waits on a slow disk or syslog; a line that cannot be queued or written is
+counted and the count reported in the operational log, never lost silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import json
+import logging
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+log = logging.getLogger("crowdsec_milter.events")
+
+FIELD_LIMIT = 512
+_SURROGATES = {c: f"\\x{c - 0xDC00:02x}" for c in range(0xDC80, 0xDD00)}
+
+
+def clean_text(value: object, limit: int = FIELD_LIMIT) -> str:
+    """A field value as safe text: non-UTF-8 bytes escaped, at most `limit` UTF-8 bytes."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        text = value.decode("utf-8", "backslashreplace")
+    else:
+        text = str(value).translate(_SURROGATES)
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= limit:
+        return text
+    cut = data[:limit].decode("utf-8", "ignore")
+    return f"{cut}...[cut {len(data) - len(cut.encode())} bytes]"
+
+
+def rfc3339(timestamp: float) -> str:
+    moment = dt.datetime.fromtimestamp(timestamp, dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}Z"
+
+
+def format_event(event: str, fields: dict[str, Any], timestamp: float) -> str:
+    """One event as one JSON line (with its newline); `time` and `event` come first."""
+    record: dict[str, Any] = {"time": rfc3339(timestamp), "event": event}
+    for key, value in fields.items():
+        if key in record:
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            record[key] = value
+        else:
+            record[key] = clean_text(value)
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+class _Sink:
+    """Where lines go: a file (reopened after rotation), stdout, or the syslog socket."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._file: TextIO | None = None
+        self._inode: tuple[int, int] | None = None
+        self._sock: socket.socket | None = None
+
+    def open(self) -> None:
+        self.close()
+        if self.target == "-":
+            self._file = sys.stdout
+        elif self.target == "syslog":
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.connect("/dev/log")
+        else:
+            os.makedirs(os.path.dirname(os.path.abspath(self.target)), exist_ok=True)
+            self._file = open(self.target, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+            st = os.fstat(self._file.fileno())
+            self._inode = (st.st_dev, st.st_ino)
+
+    def rotated(self) -> bool:
+        """True when the path now names another file, or none (logrotate moved ours)."""
+        if self._inode is None:
+            return False
+        try:
+            st = os.stat(self.target)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self._inode
+
+    def write(self, lines: list[str]) -> None:
+        if self._sock is not None:
+            for line in lines:
+                # <14> is facility user, severity info; the tag lets syslog route it.
+                self._sock.send(b"<14>crowdsec-milter: " + line.rstrip("\n").encode())
+            return
+        if self._file is None:
+            self.open()
+        assert self._file is not None
+        self._file.write("".join(lines))
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None and self._file is not sys.stdout:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        self._file = None
+        self._inode = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+class EventWriter:
+    """Queue events from milter threads; write them from one thread of its own."""
+
+    def __init__(self, target: str, maxsize: int = 10_000, report_every: float = 60.0) -> None:
+        self.target = target
+        self._queue: queue.Queue[str | None] = queue.Queue(maxsize=maxsize)
+        self._sink = _Sink(target)
+        self._reopen = threading.Event()
+        self._report_every = report_every
+        self._thread: threading.Thread | None = None
+        self.written = 0
+        self.dropped = 0
+        self._reported_dropped = 0
+        self._last_report = 0.0
+        self._last_error = ""
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Queue one event; never blocks. A full queue drops the line and counts it."""
+        try:
+            self._queue.put_nowait(format_event(event, fields, time.time()))
+        except queue.Full:
+            self.dropped += 1
+
+    def reopen(self) -> None:
+        """Ask the writer to reopen its file (SIGUSR1 after logrotate)."""
+        self._reopen.set()
+
+    def start(self) -> None:
+        try:
+            self._sink.open()
+        except OSError as exc:
+            log.error("event log %s cannot be opened yet: %s", self.target, exc)
+        self._thread = threading.Thread(target=self._run, name="event-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Write what is queued, then stop."""
+        if self._thread is None:
+            return
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=timeout)
+        self._thread.join(timeout)
+        self._report(force=True)
+        self._sink.close()
+
+    def _run(self) -> None:
+        last_check = time.monotonic()
+        while True:
+            try:
+                line = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                line = ""
+            batch: list[str] = [line] if line else []
+            stop = line is None
+            while not stop and len(batch) < 512:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                else:
+                    batch.append(more)
+            now = time.monotonic()
+            if self._reopen.is_set() or now - last_check >= 1.0:
+                last_check = now
+                if self._reopen.is_set() or self._sink.rotated():
+                    self._reopen.clear()
+                    self._try_open()
+            if batch:
+                self._write(batch)
+            self._report()
+            if stop:
+                return
+
+    def _try_open(self) -> bool:
+        try:
+            self._sink.open()
+            return True
+        except OSError as exc:
+            self._note_error(f"cannot open {self.target}: {exc}")
+            return False
+
+    def _write(self, batch: list[str]) -> None:
+        try:
+            self._sink.write(batch)
+        except OSError as exc:
+            self.dropped += len(batch)
+            reason = "disk full" if exc.errno == errno.ENOSPC else str(exc)
+            self._note_error(f"cannot write {self.target}: {reason}")
+            self._sink.close()  # reopened on the next batch
+            return
+        self.written += len(batch)
+        if self._last_error:
+            log.info("event log %s is writable again", self.target)
+            self._last_error = ""
+
+    def _note_error(self, message: str) -> None:
+        if message != self._last_error:
+            log.error("event log: %s", message)
+            self._last_error = message
+
+    def _report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.dropped == self._reported_dropped:
+            return
+        if force or now - self._last_report >= self._report_every:
+            log.warning("event log: %d line(s) dropped so far (%d since last report)",
+                        self.dropped, self.dropped - self._reported_dropped)
+            self._reported_dropped = self.dropped
+            self._last_report = now

@@ -1,0 +1,124 @@
+"""The CrowdSec Local API client: the two requests a bouncer makes, and nothing else.
+
+It speaks HTTP and JSON and turns every failure into one `LapiError` with a short `kind`
+(for logs and metrics), so callers never see an httpx exception. The API key travels only
+in the `X-Api-Key` header and never appears in an error text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from . import __version__
+
+USER_AGENT = f"crowdsec-milter/{__version__}"
+
+
+class LapiError(Exception):
+    """A request that gave no usable answer. `kind` is one word: connect, timeout, auth,
+    http, decode, too_large."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class StreamAnswer:
+    """The `new` and `deleted` lists of one stream pull (LAPI's `null` becomes empty)."""
+
+    new: list[Any]
+    deleted: list[Any]
+
+
+class LapiClient:
+    """A thread-safe LAPI client for one bouncer key."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None,
+        timeout: float,
+        *,
+        startup_timeout: float | None = None,
+        max_bytes: int = 1 << 30,
+        verify: str | bool = True,
+        cert: tuple[str, str] | None = None,
+    ) -> None:
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if api_key:
+            headers["X-Api-Key"] = api_key
+        self._base = url.rstrip("/") + "/"
+        self._timeout = timeout
+        self._startup_timeout = startup_timeout or max(timeout, 30.0)
+        self._max_bytes = max_bytes
+        self._http = httpx.Client(
+            headers=headers,
+            verify=verify,
+            cert=cert,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _get(self, path: str, params: dict[str, str], timeout: float) -> Any:
+        """GET a JSON document, reading at most max_bytes of it."""
+        try:
+            with self._http.stream(
+                "GET", self._base + path, params=params, timeout=timeout
+            ) as response:
+                if response.status_code == 403:
+                    raise LapiError("auth", "LAPI refused the API key (403 access forbidden)")
+                if response.status_code != 200:
+                    raise LapiError("http", f"LAPI answered HTTP {response.status_code}")
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > self._max_bytes:
+                        raise LapiError(
+                            "too_large", f"LAPI answer exceeds {self._max_bytes} bytes"
+                        )
+                    chunks.append(chunk)
+        except httpx.TimeoutException as exc:
+            raise LapiError("timeout", f"LAPI did not answer within {timeout:g}s") from exc
+        except httpx.HTTPError as exc:
+            raise LapiError("connect", f"LAPI unreachable: {type(exc).__name__}: {exc}") from exc
+        body = b"".join(chunks)
+        del chunks
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise LapiError("decode", f"LAPI answer is not JSON ({len(body)} bytes)") from exc
+
+    def stream(self, startup: bool) -> StreamAnswer:
+        """One pull of /v1/decisions/stream; `startup` asks for every active decision."""
+        params = {"startup": "true" if startup else "false"}
+        timeout = self._startup_timeout if startup else self._timeout
+        doc = self._get("v1/decisions/stream", params, timeout)
+        if not isinstance(doc, dict):
+            raise LapiError("decode", f"stream answer is a {type(doc).__name__}, not an object")
+        lists = []
+        for key in ("new", "deleted"):
+            value = doc.get(key)
+            if value is None:
+                value = []
+            if not isinstance(value, list):
+                raise LapiError("decode", f"stream answer's {key!r} is a {type(value).__name__}")
+            lists.append(value)
+        return StreamAnswer(new=lists[0], deleted=lists[1])
+
+    def query(self, ip: str) -> list[Any]:
+        """The decisions LAPI holds on one address (Ranges covering it included)."""
+        doc = self._get("v1/decisions", {"ip": ip}, self._timeout)
+        if doc is None:
+            return []
+        if not isinstance(doc, list):
+            raise LapiError("decode", f"decisions answer is a {type(doc).__name__}, not a list")
+        return doc

@@ -1,0 +1,170 @@
+"""The policy: what a client gets, given the decisions that cover its address.
+
+Pure apart from asking its decision source. It knows nothing of libmilter: it returns a
+`Verdict` (an action and the SMTP reply to give) that the milter session carries out.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .decisions import Decision
+from .index import address_key
+from .source import DecisionSource
+
+
+class Action(enum.StrEnum):
+    ACCEPT = "accept"  # log only
+    REJECT = "reject"  # 5xx
+    TEMPFAIL = "tempfail"  # 4xx
+    DROP = "drop"  # 421 and disconnect
+
+
+class Stage(enum.StrEnum):
+    CONNECT = "connect"
+    HELO = "helo"
+    MAIL = "mail"
+    RCPT = "rcpt"
+
+
+_REPLY = re.compile(r"^([245]\d\d) (?:([245]\.\d{1,3}\.\d{1,3}) )?(\S.*)$")
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An SMTP reply template: code, enhanced code and text with %(ip)s-style fields."""
+
+    code: str
+    xcode: str | None
+    text: str
+
+    @classmethod
+    def parse(cls, spec: str, first_digit: str) -> Reply:
+        """Read `550 5.7.1 text`; raise ValueError naming what is wrong."""
+        match = _REPLY.match(spec.strip())
+        if not match:
+            raise ValueError(f"not an SMTP reply 'CODE [X.Y.Z] text': {spec!r}")
+        code, xcode, text = match.groups()
+        if code[0] != first_digit:
+            raise ValueError(f"reply code must be {first_digit}xx: {spec!r}")
+        if xcode and xcode[0] != first_digit:
+            raise ValueError(f"enhanced code must start with {first_digit}: {spec!r}")
+        try:
+            text % {"ip": "192.0.2.1", "type": "ban", "scenario": "x", "origin": "x"}
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ValueError(
+                f"reply text may use only %(ip)s %(type)s %(scenario)s %(origin)s: {spec!r}"
+            ) from exc
+        return cls(code, xcode, text)
+
+    def render(self, fields: Mapping[str, str]) -> tuple[str, str | None, str]:
+        """The reply to send: fields made single-line and '%' doubled for libmilter."""
+        safe = {k: _UNSAFE.sub("?", v)[:100] for k, v in fields.items()}
+        text = (self.text % safe).replace("%", "%%")
+        return self.code, self.xcode, text
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with a client. `enforce` is False for accept-only and dry-run verdicts;
+    `decision` is None when the verdict comes from a LAPI outage, not a decision."""
+
+    action: Action
+    reply: tuple[str, str | None, str] | None
+    decision: Decision | None
+    enforce: bool
+    reason: str  # "decision", "lapi_unavailable"
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(specs: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """CIDRs given on the command line; raise ValueError naming the bad one."""
+    nets = []
+    for spec in specs:
+        try:
+            nets.append(ipaddress.ip_network(spec.strip(), strict=False))
+        except ValueError as exc:
+            raise ValueError(f"not a network: {spec!r}") from exc
+    return tuple(nets)
+
+
+class Policy:
+    """Maps the decisions on a client to an action and a reply."""
+
+    def __init__(
+        self,
+        source: DecisionSource,
+        *,
+        actions: Mapping[str, Action],
+        default_action: Action,
+        replies: Mapping[Action, Reply],
+        unavailable_reply: Reply,
+        on_lapi_error: Action,
+        trusted: Iterable[IPNetwork] = (),
+        dry_run: bool = False,
+    ) -> None:
+        self.source = source
+        self._actions = dict(actions)
+        self._default = default_action
+        self._replies = dict(replies)
+        self._unavailable = unavailable_reply
+        self._on_error = on_lapi_error
+        self._dry_run = dry_run
+        self._trusted: list[tuple[int, int, int]] = []
+        for net in trusted:
+            family = net.version
+            bits = 32 if family == 4 else 128
+            shift = bits - net.prefixlen
+            self._trusted.append((family, shift, int(net.network_address) >> shift))
+
+    def action_for(self, decision_type: str) -> Action:
+        return self._actions.get(decision_type, self._default)
+
+    def is_trusted(self, family: int, number: int) -> bool:
+        return any(f == family and number >> s == n for f, s, n in self._trusted)
+
+    def check(self, ip: str) -> Verdict | None:
+        """The verdict on a client address, or None to let it through untouched."""
+        key = address_key(ip)
+        if key is None:
+            return None
+        family, number = key
+        if self.is_trusted(family, number):
+            return None
+        text = str(ipaddress.ip_address(number) if family == 6 else ipaddress.IPv4Address(number))
+        decisions = self.source.lookup(family, number, text)
+        if decisions is None:
+            return self._unavailable_verdict(text)
+        if not decisions:
+            return None
+        return self.verdict_for(decisions, text)
+
+    def verdict_for(self, decisions: list[Decision], ip: str) -> Verdict:
+        """The most severe decision (ban, then captcha, then others) sets the action."""
+        decision = decisions[0]
+        action = self.action_for(decision.type)
+        reply = None
+        if action is not Action.ACCEPT:
+            fields = {"ip": ip, "type": decision.type, "scenario": decision.scenario,
+                      "origin": decision.origin}
+            reply = self._replies[action].render(fields)
+        return Verdict(action, reply, decision, action is not Action.ACCEPT and not self._dry_run,
+                       "decision")
+
+    def unavailable(self, ip: str) -> Verdict | None:
+        """What a client gets while no decision can be had (also after an internal error)."""
+        return self._unavailable_verdict(ip)
+
+    def _unavailable_verdict(self, ip: str) -> Verdict | None:
+        if self._on_error is Action.ACCEPT:
+            return None
+        fields = {"ip": ip, "type": "", "scenario": "", "origin": ""}
+        return Verdict(self._on_error, self._unavailable.render(fields), None,
+                       not self._dry_run, "lapi_unavailable")

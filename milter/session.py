@@ -1,0 +1,186 @@
+"""The milter session: pymilter glue that asks the policy and carries out its verdict.
+
+Thin on purpose. It subscribes only to the envelope callbacks, answers only at the
+configured stage (every other callback is `noreply`), accepts at DATA so the MTA never
+sends headers or body, and never lets an exception reach libmilter (pymilter would answer
+its own 451): an internal error gets what `--on-lapi-error` says.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import Milter
+
+from .events import EventWriter, clean_text
+from .policy import Action, Policy, Stage, Verdict
+
+log = logging.getLogger("crowdsec_milter.session")
+
+_RESULT = {Action.REJECT: Milter.REJECT, Action.TEMPFAIL: Milter.TEMPFAIL,
+           Action.DROP: Milter.TEMPFAIL}
+
+
+@dataclass
+class SessionContext:
+    """Everything a session needs, handed to the factory once: no globals."""
+
+    policy: Policy
+    stage: Stage
+    events: EventWriter | None = None
+    sessions: int = 0
+    blocked: int = 0
+    errors: int = 0
+
+
+def _addr(family: int, hostaddr: Any) -> str:
+    """The client IP from pymilter's connect arguments, '' for unix sockets and the like."""
+    if family in (socket.AF_INET, socket.AF_INET6) and isinstance(hostaddr, tuple) and hostaddr:
+        return str(hostaddr[0])
+    return ""
+
+
+class Session(Milter.Base):
+    """One SMTP session's view of the client, and its verdict once asked."""
+
+    context: SessionContext
+
+    def __init__(self) -> None:
+        self.ip = ""
+        self.client_name = ""
+        self.helo = ""
+        self.mail_from = ""
+        self.verdict: Verdict | None = None
+        self.asked = False
+        self.reported = False
+
+    # -- callbacks -------------------------------------------------------------------------
+
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        self.__init__()  # type: ignore[misc]  # a new connect (after XCLIENT) is a new client
+        self.context.sessions += 1
+        self.ip = _addr(family, hostaddr)
+        self.client_name = hostname or ""
+        return self._at(Stage.CONNECT, rcpt="")
+
+    def hello(self, hostname: str) -> int:
+        self.helo = hostname or ""
+        return self._at(Stage.HELO, rcpt="")
+
+    def envfrom(self, mailfrom: str, *params: str) -> int:
+        self.mail_from = mailfrom or ""
+        return self._at(Stage.MAIL, rcpt="")
+
+    def envrcpt(self, to: str, *params: str) -> int:
+        try:
+            if self.getsymval("{rcpt_mailer}") == "error":
+                self._rcpt_rejected(to)
+                return Milter.CONTINUE
+        except Exception:
+            log.exception("internal error recording a rejected recipient")
+        return self._at(Stage.RCPT, rcpt=to)
+
+    def data(self) -> int:
+        # Nothing in headers or body matters to us: let the MTA skip the content phase.
+        return Milter.ACCEPT
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _at(self, stage: Stage, rcpt: str) -> int:
+        if stage is not self.context.stage:
+            return Milter.CONTINUE
+        try:
+            if not self.asked:
+                self.asked = True
+                self.verdict = self.context.policy.check(self.ip) if self.ip else None
+            verdict = self.verdict
+            if verdict is None:
+                return Milter.CONTINUE
+            if not self.reported:
+                self.reported = True
+                self._report(verdict, stage, rcpt)
+            if not verdict.enforce:
+                return Milter.CONTINUE
+            assert verdict.reply is not None
+            code, xcode, text = verdict.reply
+            if verdict.action is Action.DROP:
+                code = "421"
+            self.setreply(code, xcode, text)
+            return _RESULT[verdict.action]
+        except Exception:
+            self.context.errors += 1
+            log.exception("internal error deciding on client %s", clean_text(self.ip, 64))
+            return self._fallback()
+
+    def _fallback(self) -> int:
+        try:
+            verdict = self.context.policy.unavailable(self.ip)
+            if verdict is None or not verdict.enforce or verdict.reply is None:
+                return Milter.CONTINUE
+            self.setreply(*verdict.reply)
+            return Milter.TEMPFAIL
+        except Exception:
+            log.exception("internal error in the fallback answer")
+            return Milter.CONTINUE
+
+    def _report(self, verdict: Verdict, stage: Stage, rcpt: str) -> None:
+        """One operational log line and one event per blocked session."""
+        self.context.blocked += 1
+        decision = verdict.decision
+        dtype = decision.type if decision else ""
+        log.info(
+            "%s client=%s type=%s scope=%s value=%s scenario=%s origin=%s stage=%s%s",
+            "would block" if not verdict.enforce else f"{verdict.action}",
+            clean_text(self.ip, 64), dtype or verdict.reason,
+            decision.scope if decision else "", decision.value if decision else "",
+            clean_text(decision.scenario if decision else "", 128).replace(" ", "_") or "-",
+            decision.origin if decision else "", stage,
+            "" if verdict.enforce else " dry_run=1" if decision else "",
+        )
+        if self.context.events is not None:
+            self.context.events.emit(
+                "client_blocked",
+                client_ip=self.ip, client_name=self.client_name, helo=self.helo,
+                mail_from=self.mail_from, rcpt=rcpt, stage=str(stage),
+                action=str(verdict.action), enforced=verdict.enforce, reason=verdict.reason,
+                decision_type=dtype,
+                decision_scope=decision.scope if decision else "",
+                decision_value=decision.value if decision else "",
+                scenario=decision.scenario if decision else "",
+                origin=decision.origin if decision else "",
+                mta=self._macro("j"),
+            )
+
+    def _rcpt_rejected(self, to: str) -> None:
+        if self.context.events is None:
+            return
+        self.context.events.emit(
+            "rcpt_rejected",
+            client_ip=self.ip, client_name=self.client_name, helo=self.helo,
+            mail_from=self.mail_from, rcpt=to, status=self._macro("{rcpt_host}"),
+            reason=self._macro("{rcpt_addr}"), queue_id=self._macro("i"), mta=self._macro("j"),
+        )
+
+    def _macro(self, name: str) -> str:
+        try:
+            return self.getsymval(name) or ""
+        except Exception:
+            return ""
+
+
+_NOREPLY_UNLESS = {"connect": Stage.CONNECT, "hello": Stage.HELO, "envfrom": Stage.MAIL,
+                   "envrcpt": Stage.RCPT}
+
+
+def session_class(context: SessionContext) -> type[Session]:
+    """A Session subclass bound to `context`, whose callbacks other than the deciding one
+    are negotiated as no-reply, so the MTA does not wait for them."""
+    attrs: dict[str, Any] = {"context": context}
+    for name, stage in _NOREPLY_UNLESS.items():
+        if stage is not context.stage:
+            attrs[name] = Milter.noreply(getattr(Session, name))
+    cls = type(f"Session_{context.stage}", (Session,), attrs)
+    return Milter.rejected_recipients(cls)

@@ -1,0 +1,274 @@
+"""Decision sources: where the policy gets the decisions that cover a client address.
+
+`StreamSource` keeps every decision in memory and pulls deltas in a background thread;
+`LiveSource` asks LAPI per address and caches the answer. Both answer `lookup` with a list
+of unexpired decisions, or None while no decision can be had (then `--on-lapi-error` rules).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cachetools import TLRUCache
+
+from .decisions import Decision, DecisionError, parse_decision
+from .index import DecisionIndex
+from .lapi import LapiClient, LapiError
+
+log = logging.getLogger("crowdsec_milter.source")
+
+
+class DecisionSource(Protocol):
+    def lookup(self, family: int, number: int, text: str) -> list[Decision] | None: ...
+
+    @property
+    def usable(self) -> bool: ...
+
+
+@dataclass
+class PullStats:
+    """What the puller has done, for the status line, `check` and metrics."""
+
+    pulls: int = 0
+    failures: int = 0
+    last_good: float | None = None
+    bad_decisions: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+def _build(items: list[Any], now: float, into: DecisionIndex, stats: PullStats) -> int:
+    """Add each usable decision to the index; count and log (once per answer) the rest."""
+    bad = 0
+    first_bad = ""
+    for item in items:
+        try:
+            parsed = parse_decision(item, now)
+        except DecisionError as exc:
+            bad += 1
+            first_bad = first_bad or str(exc)
+            continue
+        if parsed is None:
+            log.debug("ignoring decision with scope %r", item.get("scope"))
+            continue
+        into.add(*parsed)
+    if bad:
+        stats.bad_decisions += bad
+        log.warning("skipped %d unusable decision(s) from LAPI; first: %s", bad, first_bad)
+    return bad
+
+
+class StreamSource:
+    """All decisions in memory, kept current by pulling /v1/decisions/stream."""
+
+    def __init__(
+        self,
+        client: LapiClient,
+        update_frequency: float,
+        *,
+        resync_interval: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._every = update_frequency
+        self._resync_interval = resync_interval
+        self._clock = clock
+        self._index = DecisionIndex()
+        self._synced = False
+        self._need_startup = True
+        self._last_startup = 0.0
+        self._last_sweep = 0.0
+        self._last_error_kind = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.stats = PullStats()
+
+    @property
+    def usable(self) -> bool:
+        return self._synced
+
+    @property
+    def index(self) -> DecisionIndex:
+        return self._index
+
+    def lookup(self, family: int, number: int, text: str) -> list[Decision] | None:
+        if not self._synced:
+            return None
+        return self._index.lookup(family, number, self._clock())
+
+    def pull_once(self) -> bool:
+        """One pull (a full resync when due or after a failure); False if it failed.
+
+        A failed pull keeps the decisions held; LAPI 1.4.6 moves its cursor before it sends
+        the body, so the next pull after a failure is a full `startup=true` resync.
+        """
+        now = self._clock()
+        startup = self._need_startup or now - self._last_startup >= self._resync_interval
+        self.stats.pulls += 1
+        try:
+            answer = self._client.stream(startup)
+        except LapiError as exc:
+            self.stats.failures += 1
+            self.stats.errors[exc.kind] = self.stats.errors.get(exc.kind, 0) + 1
+            self._need_startup = True
+            if exc.kind != self._last_error_kind:
+                log.error("stream pull failed (%s): %s; keeping %d decision(s)",
+                          exc.kind, exc, len(self._index))
+                self._last_error_kind = exc.kind
+            return False
+        now = self._clock()
+        if startup:
+            fresh = DecisionIndex()
+            _build(answer.new, now, fresh, self.stats)
+            self._index = fresh  # swapped whole: readers see the old index or the new one
+            self._last_startup = now
+            self._need_startup = False
+            log.info("stream resync: %d decision(s) held", len(fresh))
+        else:
+            index = self._index
+            with index.lock:
+                for item in answer.deleted:
+                    try:
+                        parsed = parse_decision(_as_live(item), now)
+                    except DecisionError as exc:
+                        log.debug("ignoring unusable deleted decision: %s", exc)
+                        continue
+                    if parsed is not None:
+                        index.remove(parsed[0].id, parsed[1])
+                _build(answer.new, now, index, self.stats)
+            if answer.new or answer.deleted:
+                log.info("stream delta: %d new, %d deleted, %d held",
+                         len(answer.new), len(answer.deleted), len(index))
+        if now - self._last_sweep >= 60.0:
+            with self._index.lock:
+                self._index.expire(now)
+            self._last_sweep = now
+        if self._last_error_kind:
+            log.info("stream pull works again")
+            self._last_error_kind = ""
+        self._synced = True
+        self.stats.last_good = now
+        return True
+
+    def run(self) -> None:
+        """Pull until stopped; after failures wait longer (up to a minute) between tries."""
+        delay = self._every
+        while not self._stop.is_set():
+            try:
+                ok = self.pull_once()
+            except Exception:  # a bug here must not kill the puller for good
+                log.exception("unexpected error in the stream puller")
+                ok = False
+                self._need_startup = True
+            delay = self._every if ok else min(max(delay * 2, self._every), 60.0)
+            self._stop.wait(delay)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="lapi-stream", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+def _as_live(item: Any) -> Any:
+    """`deleted` decisions carry negative durations; only their id and network matter."""
+    if isinstance(item, dict) and isinstance(item.get("duration"), str):
+        return {**item, "duration": "0s"}
+    return item
+
+
+class _Pending:
+    """One LAPI request in flight that other sessions for the same address wait on."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: list[Decision] | None = None
+
+
+class LiveSource:
+    """Ask LAPI per address, cache the answer (ban or clean) for at most `cache_ttl`,
+    never past a decision's own expiry, and let concurrent lookups of one address share
+    a single request."""
+
+    def __init__(
+        self,
+        client: LapiClient,
+        cache_ttl: float,
+        *,
+        timeout: float,
+        maxsize: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._ttl = cache_ttl
+        self._timeout = timeout
+        self._clock = clock
+        self._cache: TLRUCache = TLRUCache(maxsize=maxsize, ttu=self._ttu, timer=clock)
+        self._lock = threading.Lock()
+        self._pending: dict[str, _Pending] = {}
+        self.requests = 0
+        self.cache_hits = 0
+        self.errors: dict[str, int] = {}
+        self._ok = True
+
+    @property
+    def usable(self) -> bool:
+        return self._ok
+
+    def _ttu(self, _key: Any, decisions: list[Decision], now: float) -> float:
+        if decisions:
+            return min(now + self._ttl, min(d.expires for d in decisions))
+        return now + self._ttl
+
+    def lookup(self, family: int, number: int, text: str) -> list[Decision] | None:
+        key = f"{family}:{number}"
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self.cache_hits += 1
+                now = self._clock()
+                return [d for d in cached if d.expires > now]
+            pending = self._pending.get(key)
+            leader = pending is None
+            if leader:
+                pending = self._pending[key] = _Pending()
+        assert pending is not None
+        if not leader:
+            pending.done.wait(self._timeout + 0.5)
+            return pending.result
+        try:
+            pending.result = self._fetch(text)
+            if pending.result is not None:
+                with self._lock:
+                    self._cache[key] = pending.result
+            return pending.result
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+            pending.done.set()
+
+    def _fetch(self, text: str) -> list[Decision] | None:
+        self.requests += 1
+        try:
+            items = self._client.query(text)
+        except LapiError as exc:
+            self.errors[exc.kind] = self.errors.get(exc.kind, 0) + 1
+            if self._ok:
+                log.error("live lookup failed (%s): %s", exc.kind, exc)
+            self._ok = False
+            return None
+        if not self._ok:
+            log.info("live lookups work again")
+        self._ok = True
+        scratch = DecisionIndex()
+        _build(items, self._clock(), scratch, PullStats())
+        decisions = list(scratch.decisions())
+        decisions.sort(key=lambda d: (d.severity, -d.expires))
+        return decisions
