@@ -62,6 +62,8 @@ def parse_network(scope: str, value: str) -> Network:
     """The network an Ip or Range decision covers; IPv4-mapped IPv6 becomes IPv4."""
     if not isinstance(value, str):
         raise DecisionError(f"value is not a string: {value!r:.60}")
+    if "%" in value:
+        raise DecisionError(f"value carries an interface scope: {value!r:.60}")
     try:
         if scope == "ip":
             net = ipaddress.ip_network(value, strict=True)

@@ -50,6 +50,10 @@ def address_key(text: str) -> tuple[int, int] | None:
     return 6, number
 
 
+def _key(net: Network) -> int:
+    return net.number >> ((32 if net.family == 4 else 128) - net.prefixlen)
+
+
 def _entries(entry: Entry) -> tuple[Decision, ...]:
     return entry if isinstance(entry, tuple) else (entry,)
 
@@ -84,14 +88,15 @@ class DecisionIndex:
             new_length = True
         else:
             new_length = False
-        old = table.get(net.number)
+        key = _key(net)
+        old = table.get(key)
         if old is None:
-            table[net.number] = decision
+            table[key] = decision
             self._count += 1
         else:
             kept = tuple(d for d in _entries(old) if d.id != decision.id)
             self._count += 1 - (len(_entries(old)) - len(kept))
-            table[net.number] = (*kept, decision) if kept else decision
+            table[key] = (*kept, decision) if kept else decision
         if new_length or (old is None and len(table) == 1):
             self._rebuild_probes(net.family)
 
@@ -100,7 +105,8 @@ class DecisionIndex:
         table = self._tables[net.family].get(net.prefixlen)
         if not table:
             return False
-        old = table.get(net.number)
+        key = _key(net)
+        old = table.get(key)
         if old is None:
             return False
         kept = tuple(d for d in _entries(old) if d.id != ident)
@@ -108,11 +114,11 @@ class DecisionIndex:
             return False
         self._count -= 1
         if not kept:
-            del table[net.number]
+            del table[key]
             if not table:
                 self._rebuild_probes(net.family)
         else:
-            table[net.number] = kept if len(kept) > 1 else kept[0]
+            table[key] = kept if len(kept) > 1 else kept[0]
         return True
 
     def lookup(self, family: int, number: int, now: float) -> list[Decision]:

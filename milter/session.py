@@ -38,9 +38,11 @@ class SessionContext:
 
 def _addr(family: int, hostaddr: Any) -> str:
     """The client IP from pymilter's connect arguments, '' for unix sockets and the like."""
-    if family in (socket.AF_INET, socket.AF_INET6) and isinstance(hostaddr, tuple) and hostaddr:
-        return str(hostaddr[0])
-    return ""
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        return ""
+    if isinstance(hostaddr, tuple):
+        return str(hostaddr[0]) if hostaddr else ""
+    return str(hostaddr or "")
 
 
 class Session(Milter.Base):

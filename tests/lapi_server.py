@@ -1,0 +1,131 @@
+"""A real HTTP server of the tests' own that speaks the LAPI bouncer contract.
+
+Used only for faults a real CrowdSec cannot be made to produce on demand (garbage JSON, a
+hang, a 500, a huge body). It keeps a server-side stream cursor per key like LAPI does:
+`startup=true` returns every active decision, later pulls return what changed since.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+
+@dataclass
+class Fault:
+    """What the next requests get instead of a proper answer."""
+
+    status: int = 200
+    body: bytes | None = None  # raw body instead of JSON
+    delay: float = 0.0  # seconds before answering
+    hang: bool = False  # accept and never answer (until the server stops)
+    count: int = -1  # how many requests it applies to; -1 = until cleared
+
+
+@dataclass
+class FakeLapi:
+    key: str = "test-key"
+    decisions: dict[int, dict[str, Any]] = field(default_factory=dict)
+    requests: list[tuple[str, dict[str, list[str]], dict[str, str]]] = field(default_factory=list)
+    fault: Fault | None = None
+    _pending_new: list[dict[str, Any]] = field(default_factory=list)
+    _pending_deleted: list[dict[str, Any]] = field(default_factory=list)
+    _next_id: int = 1
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+
+    def add(self, value: str, type_: str = "ban", scope: str = "Ip", duration: str = "4h",
+            scenario: str = "test/scenario", origin: str = "cscli") -> int:
+        with self._lock:
+            ident = self._next_id
+            self._next_id += 1
+            d = {"id": ident, "origin": origin, "type": type_, "scope": scope, "value": value,
+                 "duration": duration, "scenario": scenario, "simulated": False}
+            self.decisions[ident] = d
+            self._pending_new.append(d)
+            return ident
+
+    def delete(self, ident: int) -> None:
+        with self._lock:
+            d = self.decisions.pop(ident)
+            self._pending_deleted.append({**d, "duration": "-1s"})
+
+    def hard_delete(self, ident: int) -> None:
+        """Gone without a trace in `deleted`, as when an alert is deleted."""
+        with self._lock:
+            self.decisions.pop(ident)
+
+    def count(self, path: str) -> int:
+        return sum(1 for p, _, _ in self.requests if p == path)
+
+    def answer(self, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+        with self._lock:
+            if path == "/v1/decisions/stream":
+                if query.get("startup", ["false"])[0] == "true":
+                    self._pending_new.clear()
+                    self._pending_deleted.clear()
+                    return 200, {"new": list(self.decisions.values()) or None, "deleted": None}
+                new, deleted = self._pending_new[:], self._pending_deleted[:]
+                self._pending_new.clear()
+                self._pending_deleted.clear()
+                return 200, {"new": new or None, "deleted": deleted or None}
+            if path == "/v1/decisions":
+                import ipaddress
+
+                ip = ipaddress.ip_address(query.get("ip", [""])[0])
+                hits = [d for d in self.decisions.values()
+                        if ip in ipaddress.ip_network(d["value"], strict=False)]
+                return 200, hits or None
+            if path == "/health":
+                return 200, {"status": "up"}
+        return 404, {"message": "not found"}
+
+
+def serve(lapi: FakeLapi) -> tuple[ThreadingHTTPServer, str]:
+    """Start the server on a free loopback port; returns it and its base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            url = urlparse(self.path)
+            query = parse_qs(url.query)
+            lapi.requests.append((url.path, query, dict(self.headers)))
+            fault = lapi.fault
+            if fault is not None and fault.count != 0:
+                if fault.count > 0:
+                    fault.count -= 1
+                if fault.hang:
+                    lapi._stopping.wait(30)
+                    return
+                if fault.delay:
+                    time.sleep(fault.delay)
+                if fault.status != 200 or fault.body is not None:
+                    body = fault.body if fault.body is not None else b'{"message":"error"}'
+                    self._send(fault.status, body)
+                    return
+            if url.path != "/health" and self.headers.get("X-Api-Key") != lapi.key:
+                self._send(403, b'{"message":"access forbidden"}')
+                return
+            status, doc = lapi.answer(url.path, query)
+            self._send(status, json.dumps(doc).encode())
+
+        def _send(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/"

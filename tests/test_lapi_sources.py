@@ -1,0 +1,237 @@
+"""The LAPI client and both decision sources, against a real HTTP server that speaks the
+LAPI contract (tests/lapi_server.py), including the faults a real CrowdSec cannot make."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from crowdsec_milter import __version__
+from crowdsec_milter.index import address_key
+from crowdsec_milter.lapi import LapiClient, LapiError
+from crowdsec_milter.source import LiveSource, StreamSource
+from tests.lapi_server import Fault, FakeLapi
+
+
+def key(ip: str) -> tuple[int, int]:
+    k = address_key(ip)
+    assert k is not None
+    return k
+
+
+def client(url: str, key_: str = "test-key", timeout: float = 2.0, **kw) -> LapiClient:
+    return LapiClient(url, key_, timeout, **kw)
+
+
+def test_headers_and_null_lists(fake_lapi: tuple[FakeLapi, str]) -> None:
+    lapi, url = fake_lapi
+    answer = client(url).stream(startup=True)
+    assert answer.new == [] and answer.deleted == []
+    _, query, headers = lapi.requests[-1]
+    assert query["startup"] == ["true"]
+    assert headers["X-Api-Key"] == "test-key"
+    assert headers["User-Agent"] == f"crowdsec-milter/{__version__}"
+    assert client(url).query("192.0.2.1") == []
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [
+        (Fault(status=403, body=b'{"message":"access forbidden"}'), "auth"),
+        (Fault(status=500), "http"),
+        (Fault(body=b'{"new": [1, 2'), "decode"),
+        (Fault(body=b"<html>"), "decode"),
+        (Fault(body=b'{"new": {"a": 1}}'), "decode"),
+        (Fault(body=b'[1, 2]'), "decode"),
+        (Fault(delay=1.0), "timeout"),
+        (Fault(hang=True), "timeout"),
+    ],
+)
+def test_faults_become_one_lapi_error(fake_lapi: tuple[FakeLapi, str], fault: Fault,
+                                      kind: str) -> None:
+    lapi, url = fake_lapi
+    lapi.fault = fault
+    with pytest.raises(LapiError) as err:
+        client(url, timeout=0.3).stream(startup=False)
+    assert err.value.kind == kind
+    assert "test-key" not in str(err.value)
+
+
+def test_wrong_key_is_auth_error_without_the_key(fake_lapi: tuple[FakeLapi, str]) -> None:
+    _, url = fake_lapi
+    with pytest.raises(LapiError) as err:
+        client(url, key_="secret-wrong-key").stream(startup=True)
+    assert err.value.kind == "auth" and "secret-wrong-key" not in str(err.value)
+
+
+def test_unreachable_lapi_is_a_connect_error() -> None:
+    with pytest.raises(LapiError) as err:
+        client("http://127.0.0.1:9/").stream(startup=True)
+    assert err.value.kind == "connect"
+
+
+def test_oversized_answer_is_refused(fake_lapi: tuple[FakeLapi, str]) -> None:
+    lapi, url = fake_lapi
+    lapi.fault = Fault(body=b'{"new": [' + b'{"x": 1},' * 20000 + b'{}]}')
+    with pytest.raises(LapiError) as err:
+        client(url, max_bytes=100_000).stream(startup=True)
+    assert err.value.kind == "too_large"
+
+
+def test_stream_startup_then_deltas(fake_lapi: tuple[FakeLapi, str]) -> None:
+    lapi, url = fake_lapi
+    a = lapi.add("203.0.113.7")
+    lapi.add("10.9.0.0/16", scope="Range")
+    lapi.add("2001:db8::/32", scope="Range", type_="captcha")
+    src = StreamSource(client(url), 10.0)
+    assert src.lookup(*key("203.0.113.7"), "203.0.113.7") is None  # not synced yet
+    assert src.pull_once()
+    assert [d.id for d in src.lookup(*key("203.0.113.7"), "")] == [a]
+    assert src.lookup(*key("10.9.3.3"), "")[0].scope == "Range"
+    assert src.lookup(*key("2001:db8::9"), "")[0].type == "captcha"
+    assert src.lookup(*key("198.51.100.1"), "") == []
+    b = lapi.add("198.51.100.1")
+    lapi.delete(a)
+    assert src.pull_once()
+    assert lapi.requests[-1][1]["startup"] == ["false"]
+    assert src.lookup(*key("203.0.113.7"), "") == []
+    assert [d.id for d in src.lookup(*key("198.51.100.1"), "")] == [b]
+
+
+def test_bad_answer_keeps_last_good_state_and_resyncs(fake_lapi: tuple[FakeLapi, str]) -> None:
+    lapi, url = fake_lapi
+    lapi.add("203.0.113.7")
+    src = StreamSource(client(url, timeout=0.5, startup_timeout=0.5), 10.0)
+    assert src.pull_once()
+    for fault in (Fault(body=b"garbage"), Fault(status=500), Fault(hang=True),
+                  Fault(body=b'{"new": "x"}')):
+        lapi.fault = fault
+        assert not src.pull_once()
+        assert len(src.lookup(*key("203.0.113.7"), "")) == 1
+    lapi.fault = None
+    c = lapi.add("198.51.100.1")
+    assert src.pull_once()
+    assert lapi.requests[-1][1]["startup"] == ["true"]  # full resync after failures
+    assert [d.id for d in src.lookup(*key("198.51.100.1"), "")] == [c]
+
+
+def test_bad_decisions_are_skipped_rest_used(fake_lapi: tuple[FakeLapi, str]) -> None:
+    lapi, url = fake_lapi
+    good = lapi.add("203.0.113.7")
+    for bad in ("not-an-ip", "1.2.3.4/33", "fe80::1%eth0"):
+        lapi.add(bad)
+    lapi.add("198.51.100.1", duration="-5s")
+    lapi.add("198.51.100.2", duration="99999999h")
+    lapi.add("FR", scope="Country")
+    src = StreamSource(client(url), 10.0)
+    assert src.pull_once()
+    assert len(src.index) == 1  # the expired one is swept at once
+    assert [d.id for d in src.lookup(*key("203.0.113.7"), "")] == [good]
+    assert src.lookup(*key("198.51.100.1"), "") == []
+    assert src.stats.bad_decisions == 4
+
+
+def test_hard_deleted_decision_goes_at_resync(fake_lapi: tuple[FakeLapi, str]) -> None:
+    lapi, url = fake_lapi
+    a = lapi.add("203.0.113.7")
+    now = [0.0]
+    src = StreamSource(client(url), 10.0, resync_interval=100.0, clock=lambda: now[0])
+    assert src.pull_once()
+    lapi.hard_delete(a)
+    now[0] = 50.0
+    assert src.pull_once()
+    assert len(src.lookup(*key("203.0.113.7"), "")) == 1  # LAPI never said
+    now[0] = 150.0
+    assert src.pull_once()
+    assert src.lookup(*key("203.0.113.7"), "") == []
+
+
+def test_decision_expires_locally_without_lapi(fake_lapi: tuple[FakeLapi, str]) -> None:
+    lapi, url = fake_lapi
+    lapi.add("203.0.113.7", duration="30s")
+    now = [0.0]
+    src = StreamSource(client(url), 10.0, clock=lambda: now[0])
+    assert src.pull_once()
+    lapi.fault = Fault(status=500)
+    now[0] = 29.0
+    assert len(src.lookup(*key("203.0.113.7"), "")) == 1
+    now[0] = 31.0
+    assert src.lookup(*key("203.0.113.7"), "") == []
+
+
+def test_stream_thread_starts_and_stops_quickly(fake_lapi: tuple[FakeLapi, str]) -> None:
+    lapi, url = fake_lapi
+    lapi.add("203.0.113.7")
+    src = StreamSource(client(url), 0.05)
+    src.start()
+    deadline = time.monotonic() + 5
+    while not src.usable and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert src.usable
+    lapi.add("198.51.100.1")
+    deadline = time.monotonic() + 5
+    while not src.lookup(*key("198.51.100.1"), "") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert src.lookup(*key("198.51.100.1"), "")
+    started = time.monotonic()
+    src.stop()
+    assert time.monotonic() - started < 2.0
+
+
+def test_live_caches_bans_and_clean_answers(fake_lapi: tuple[FakeLapi, str]) -> None:
+    lapi, url = fake_lapi
+    lapi.add("203.0.113.7", duration="1h")
+    now = [0.0]
+    src = LiveSource(client(url), 60.0, timeout=2.0, clock=lambda: now[0])
+    for _ in range(5):
+        assert [d.value for d in src.lookup(*key("203.0.113.7"), "203.0.113.7")] == \
+            ["203.0.113.7"]
+        assert src.lookup(*key("198.51.100.1"), "198.51.100.1") == []
+    assert lapi.count("/v1/decisions") == 2
+    now[0] = 61.0
+    src.lookup(*key("198.51.100.1"), "198.51.100.1")
+    assert lapi.count("/v1/decisions") == 3
+
+
+def test_live_cache_never_outlives_the_ban(fake_lapi: tuple[FakeLapi, str]) -> None:
+    lapi, url = fake_lapi
+    ident = lapi.add("203.0.113.7", duration="10s")
+    now = [0.0]
+    src = LiveSource(client(url), 60.0, timeout=2.0, clock=lambda: now[0])
+    assert src.lookup(*key("203.0.113.7"), "203.0.113.7")
+    lapi.hard_delete(ident)
+    now[0] = 11.0
+    assert src.lookup(*key("203.0.113.7"), "203.0.113.7") == []
+    assert lapi.count("/v1/decisions") == 2
+
+
+def test_live_concurrent_lookups_of_one_ip_make_one_request(
+        fake_lapi: tuple[FakeLapi, str]) -> None:
+    lapi, url = fake_lapi
+    lapi.add("203.0.113.7")
+    lapi.fault = Fault(delay=0.3, count=1, status=200, body=None)
+    src = LiveSource(client(url), 60.0, timeout=2.0)
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(
+        src.lookup(*key("203.0.113.7"), "203.0.113.7"))) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert lapi.count("/v1/decisions") == 1
+    assert all(isinstance(r, list) and len(r) == 1 for r in results)
+
+
+def test_live_error_is_none_and_not_cached(fake_lapi: tuple[FakeLapi, str]) -> None:
+    lapi, url = fake_lapi
+    lapi.fault = Fault(hang=True)
+    src = LiveSource(client(url, timeout=0.3), 60.0, timeout=0.3)
+    started = time.monotonic()
+    assert src.lookup(*key("203.0.113.7"), "203.0.113.7") is None
+    assert time.monotonic() - started < 1.5
+    assert not src.usable
+    lapi.fault = None
+    assert src.lookup(*key("203.0.113.7"), "203.0.113.7") == []
+    assert src.usable
