@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.lapi_server import FakeLapi, serve
+# Helpers sit beside the tests. The repo root is never put on sys.path: its milter/ folder
+# would shadow pymilter's C extension `milter` (the reason our package is crowdsec_milter).
+sys.path.insert(0, str(Path(__file__).parent))
+
+from lapi_server import FakeLapi, serve
 
 
 @pytest.fixture

@@ -1,0 +1,200 @@
+"""The milter session through pymilter's own test context (no MTA, no sockets)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import Milter
+import pytest
+from Milter.testctx import TestCtx as MilterTestCtx
+
+from crowdsec_milter.events import EventWriter
+from crowdsec_milter.policy import Action, Policy, Stage
+from crowdsec_milter.session import SessionContext, session_class
+from crowdsec_milter.settings import Settings
+from test_policy import IndexSource, make
+
+
+class Ctx(MilterTestCtx):
+    """pymilter's TestCtx, driven callback by callback as an MTA does; NOREPLY (a callback
+    negotiated as no-reply) reads as CONTINUE, which is what the MTA assumes."""
+
+    def _connect(self, host: str = "localhost", helo: str = "client.example",
+                 ip: str = "192.0.2.1") -> int:
+        self._negotiate()
+        self._stage = Milter.M_CONNECT
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        rc = Milter.connect_callback(self, host, family, (ip, 25))
+        self._stage = None
+        rc = Milter.CONTINUE if rc == Milter.NOREPLY else rc
+        if rc != Milter.CONTINUE:
+            return rc
+        return self._helo(helo)
+
+    def _call(self, stage: int, name: str, *args: str) -> int:
+        self._stage = stage
+        rc = getattr(self._priv, name)(*args)
+        self._stage = None
+        return Milter.CONTINUE if rc == Milter.NOREPLY else rc
+
+    def _helo(self, helo: str) -> int:
+        return self._call(Milter.M_HELO, "hello", helo)
+
+    def _envfrom(self, *s: str) -> int:
+        return self._call(Milter.M_ENVFROM, "envfrom", *s)
+
+    def _envrcpt(self, s: str) -> int:
+        return self._call(Milter.M_ENVRCPT, "envrcpt", s)
+
+    def _data(self) -> int:
+        return self._call(Milter.M_DATA, "data")
+
+
+def ctx_for(stage: Stage, policy: Policy, events: EventWriter | None = None) -> Ctx:
+    # TestCtx negotiates in place on a class-level list: give each test a fresh offer of
+    # every protocol bit, as an MTA would make.
+    MilterTestCtx.default_opts = [Milter.CURR_ACTS, 0x1FFFFF, 0, 0]
+    ctx = Ctx()
+    Milter.factory = session_class(SessionContext(policy=policy, stage=stage, events=events))
+    return ctx
+
+
+def banned_source() -> IndexSource:
+    src = IndexSource()
+    src.add(1, "203.0.113.7")
+    src.add(2, "198.51.100.0/24", type_="captcha", scope="Range")
+    return src
+
+
+@pytest.mark.parametrize("stage", list(Stage))
+def test_banned_client_is_rejected_at_the_configured_stage(stage: Stage) -> None:
+    ctx = ctx_for(stage, make(banned_source()))
+    rcs = [ctx._connect(ip="203.0.113.7", helo="evil.example")]
+    if rcs[-1] == Milter.CONTINUE:
+        rcs.append(ctx._envfrom("<a@b.example>"))
+    if rcs[-1] == Milter.CONTINUE:
+        rcs.append(ctx._envrcpt("<bob@example.org>"))
+    steps = {Stage.CONNECT: 1, Stage.HELO: 1, Stage.MAIL: 2, Stage.RCPT: 3}
+    assert rcs[-1] == Milter.REJECT
+    assert len(rcs) == steps[stage]
+    assert ctx._reply == ("550", "5.7.1", "203.0.113.7 is blocked by CrowdSec")
+
+
+def test_clean_client_passes_every_stage_and_is_accepted_at_data() -> None:
+    ctx = ctx_for(Stage.RCPT, make(banned_source()))
+    assert ctx._connect(ip="192.0.2.1") == Milter.CONTINUE
+    assert ctx._envfrom("<a@b.example>") == Milter.CONTINUE
+    assert ctx._envrcpt("<bob@example.org>") == Milter.CONTINUE
+    assert ctx._data() == Milter.ACCEPT
+    assert ctx._reply is None
+
+
+def test_captcha_range_tempfails_and_ipv6_mapped_matches() -> None:
+    ctx = ctx_for(Stage.CONNECT, make(banned_source()))
+    assert ctx._connect(ip="198.51.100.77") == Milter.TEMPFAIL
+    assert ctx._reply[0] == "451"
+    ctx = ctx_for(Stage.CONNECT, make(banned_source()))
+    assert ctx._connect(ip="::ffff:203.0.113.7") == Milter.REJECT
+
+
+def test_drop_sets_421() -> None:
+    ctx = ctx_for(Stage.HELO, make(banned_source(), actions={"ban": Action.DROP}))
+    assert ctx._connect(ip="203.0.113.7") == Milter.TEMPFAIL
+    assert ctx._reply[0] == "421"
+
+
+def test_dry_run_lets_banned_clients_through() -> None:
+    ctx = ctx_for(Stage.CONNECT, make(banned_source(), dry_run=True))
+    assert ctx._connect(ip="203.0.113.7") == Milter.CONTINUE
+    assert ctx._reply is None
+
+
+def test_only_the_deciding_callback_expects_a_reply() -> None:
+    src = banned_source()
+    no_reply_bits = Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_RCPT
+    for stage, replying in ((Stage.CONNECT, Milter.P_NR_CONN), (Stage.RCPT, Milter.P_NR_RCPT)):
+        ctx = ctx_for(stage, make(src))
+        ctx._negotiate()  # what the MTA is told, when it offers every protocol bit
+        negotiated = ctx._protocol
+        assert not negotiated & replying  # the deciding callback replies
+        assert negotiated & no_reply_bits == no_reply_bits & ~replying
+        # the content phase is never asked for; rejected recipients are
+        for bit in (Milter.P_NOHDRS, Milter.P_NOEOH, Milter.P_NOBODY, Milter.P_NOUNKNOWN,
+                    Milter.P_RCPT_REJ):
+            assert negotiated & bit
+        assert not negotiated & (Milter.P_NOCONNECT | Milter.P_NOHELO | Milter.P_NOMAIL
+                                 | Milter.P_NORCPT | Milter.P_NODATA)
+
+
+class Exploding:
+    usable = True
+
+    def lookup(self, *args: object) -> None:
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize(("on_error", "expected"),
+                         [(Action.ACCEPT, Milter.CONTINUE), (Action.TEMPFAIL, Milter.TEMPFAIL)])
+def test_internal_error_never_escapes(on_error: Action, expected: int) -> None:
+    ctx = ctx_for(Stage.CONNECT, make(Exploding(), on_lapi_error=on_error))  # type: ignore[arg-type]
+    assert ctx._connect(ip="203.0.113.7") == expected
+    if expected == Milter.TEMPFAIL:
+        assert ctx._reply[:2] == ("451", "4.3.0")
+
+
+def test_rejected_recipients_become_events(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    writer = EventWriter(str(path))
+    writer.start()
+    ctx = ctx_for(Stage.CONNECT, make(IndexSource()), writer)
+    ctx._setsymval("j", "mx1.example.org")
+    ctx._setsymval("i", "4ABC123")
+    assert ctx._connect(host="probe.example", ip="192.0.2.9", helo="x\"y") == Milter.CONTINUE
+    assert ctx._envfrom("<spam@example.net>") == Milter.CONTINUE
+    ctx._setsymval("{rcpt_mailer}", "error")
+    ctx._setsymval("{rcpt_host}", "5.1.1")
+    ctx._setsymval("{rcpt_addr}", "Recipient address rejected: User unknown")
+    for rcpt in ("<guess1@example.org>", '<x","client_ip":"6.6.6.6@example.org>'):
+        assert ctx._envrcpt(rcpt) == Milter.CONTINUE
+    ctx._setsymval("{rcpt_mailer}", "local")
+    assert ctx._envrcpt("<bob@example.org>") == Milter.CONTINUE
+    writer.stop()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    events = [json.loads(line) for line in lines]
+    assert {e["client_ip"] for e in events} == {"192.0.2.9"}
+    assert events[0] | {"time": None} == {
+        "time": None, "event": "rcpt_rejected", "client_ip": "192.0.2.9",
+        "client_name": "probe.example", "helo": 'x"y', "mail_from": "<spam@example.net>",
+        "rcpt": "<guess1@example.org>", "status": "5.1.1",
+        "reason": "Recipient address rejected: User unknown", "queue_id": "4ABC123",
+        "mta": "mx1.example.org"}
+    assert events[1]["rcpt"] == '<x","client_ip":"6.6.6.6@example.org>'
+
+
+def test_blocked_client_becomes_one_event(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    writer = EventWriter(str(path))
+    writer.start()
+    ctx = ctx_for(Stage.RCPT, make(banned_source()), writer)
+    ctx._connect(ip="203.0.113.7", helo="evil")
+    ctx._envfrom("<a@b>")
+    assert ctx._envrcpt("<r1@example.org>") == Milter.REJECT
+    assert ctx._envrcpt("<r2@example.org>") == Milter.REJECT
+    writer.stop()
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(events) == 1
+    e = events[0]
+    assert (e["event"], e["client_ip"], e["stage"], e["decision_type"], e["decision_scope"],
+            e["decision_value"], e["origin"], e["rcpt"]) == \
+        ("client_blocked", "203.0.113.7", "rcpt", "ban", "Ip", "203.0.113.7", "crowdsec",
+         "<r1@example.org>")
+    assert e["scenario"] == "crowdsecurity/postfix-spam"
+
+
+def test_settings_defaults_match_the_documented_ones() -> None:
+    s = Settings()
+    assert (s.socket, s.mode, s.stage, s.on_lapi_error) == \
+        ("inet:8895@127.0.0.1", "stream", Stage.CONNECT, Action.ACCEPT)
