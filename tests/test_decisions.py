@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from crowdsec_milter.decisions import DecisionError, parse_decision, parse_duration
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from crowdsec_milter.decisions import Decision, parse_decision
 from crowdsec_milter.index import DecisionIndex, address_key
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 NOW = 1000.0
 

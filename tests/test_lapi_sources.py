@@ -7,12 +7,11 @@ import threading
 import time
 
 import pytest
-
 from crowdsec_milter import __version__
 from crowdsec_milter.index import address_key
 from crowdsec_milter.lapi import LapiClient, LapiError
 from crowdsec_milter.source import LiveSource, StreamSource
-from lapi_server import Fault, FakeLapi
+from lapi_server import FakeLapi, Fault
 
 
 def key(ip: str) -> tuple[int, int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-
 from crowdsec_milter.decisions import Decision, parse_decision
 from crowdsec_milter.index import DecisionIndex
 from crowdsec_milter.policy import Action, Policy, Reply

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import Milter
 import pytest
-from Milter.testctx import TestCtx as MilterTestCtx
-
 from crowdsec_milter.events import EventWriter
 from crowdsec_milter.policy import Action, Policy, Stage
 from crowdsec_milter.session import SessionContext, session_class
 from crowdsec_milter.settings import Settings
+from Milter.testctx import TestCtx as MilterTestCtx
 from test_policy import IndexSource, make
 
 
