@@ -164,7 +164,6 @@ class EventWriter:
         self._sink.close()
 
     def _run(self) -> None:
-        last_check = time.monotonic()
         while True:
             try:
                 line = self._queue.get(timeout=1.0)
@@ -181,12 +180,10 @@ class EventWriter:
                     stop = True
                 else:
                     batch.append(more)
-            now = time.monotonic()
-            if self._reopen.is_set() or now - last_check >= 1.0:
-                last_check = now
-                if self._reopen.is_set() or self._sink.rotated():
-                    self._reopen.clear()
-                    self._try_open()
+            # One stat per batch: a line must not go to a file logrotate moved or deleted.
+            if self._reopen.is_set() or self._sink.rotated():
+                self._reopen.clear()
+                self._try_open()
             if batch:
                 self._write(batch)
             self._report()

@@ -1,0 +1,127 @@
+"""Run the real crowdsec-milter program as a subprocess, and talk to it as an MTA would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from miltertest import MilterConnection
+from miltertest import constants as c
+
+EXE = str(Path(sys.executable).parent / "crowdsec-milter")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MilterProcess:
+    """crowdsec-milter listening on a loopback port, its stderr kept in a file."""
+
+    def __init__(self, workdir: Path, lapi_url: str, key: str, *args: str) -> None:
+        self.port = free_port()
+        self.keyfile = workdir / "api.key"
+        self.keyfile.write_text(key + "\n")
+        self.keyfile.chmod(0o600)
+        self.logfile = workdir / "milter.log"
+        self.events = workdir / "events.log"
+        self.args = ["--socket", f"inet:{self.port}@127.0.0.1", "--lapi-url", lapi_url,
+                     "--api-key-file", str(self.keyfile), "--event-log", str(self.events),
+                     "--log-level", "debug", *args]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_ready: str | None = "stream resync") -> MilterProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CROWDSEC_MILTER_")}
+        self._log = open(self.logfile, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([EXE, *self.args], stdout=self._log, stderr=self._log,
+                                     env=env, cwd="/")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"milter exited {self.proc.returncode}: {self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                if wait_ready is None or wait_ready in self.log():
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"milter did not start: {self.log()}")
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> float:
+        """Send `sig`, return seconds until the process exited."""
+        assert self.proc is not None
+        started = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return time.monotonic() - started
+
+
+class Mta:
+    """One milter-protocol conversation, as Postfix would hold it (PyPI's miltertest)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.conn = MilterConnection(self.sock)
+        # Offer every action, and no protocol bit that would hide a reply from us.
+        self.conn.optneg_mta(actions=c.SMFI_V6_ACTS, protocol=c.SMFI_V6_PROT, strict=False)
+
+    def _reply(self, r: tuple) -> tuple[str, str]:
+        """('continue'|'reject'|'tempfail'|'accept'|'noreply', reply text)."""
+        if r is None:
+            return "noreply", ""
+        code = r[0]
+        if code == c.SMFIR_REPLYCODE:
+            smtp = r[1]["smtpcode"]
+            return ("reject" if smtp[:1] == "5" else "tempfail"), f"{smtp} {r[1]['text']}"
+        return {c.SMFIR_CONTINUE: "continue", c.SMFIR_REJECT: "reject",
+                c.SMFIR_TEMPFAIL: "tempfail", c.SMFIR_ACCEPT: "accept"}.get(code, code), ""
+
+    def _ask(self, cmd: str, **args: object) -> tuple[str, str]:
+        nr = {c.SMFIC_CONNECT: c.SMFIP_NR_CONN, c.SMFIC_HELO: c.SMFIP_NR_HELO,
+              c.SMFIC_MAIL: c.SMFIP_NR_MAIL, c.SMFIC_RCPT: c.SMFIP_NR_RCPT}.get(cmd, 0)
+        self.conn._send(cmd, **args)
+        if self.conn.protocol_flags & nr:
+            return "noreply", ""
+        return self._reply(self.conn.recv())
+
+    def connect(self, ip: str, host: str = "client.example") -> tuple[str, str]:
+        family = c.SMFIA_INET6 if ":" in ip else c.SMFIA_INET
+        return self._ask(c.SMFIC_CONNECT, hostname=host, family=family, port=25, address=ip)
+
+    def helo(self, name: str) -> tuple[str, str]:
+        return self._ask(c.SMFIC_HELO, helo=name)
+
+    def mail(self, sender: str) -> tuple[str, str]:
+        return self._ask(c.SMFIC_MAIL, args=[sender])
+
+    def rcpt(self, rcpt: str, macros: dict[str, str] | None = None) -> tuple[str, str]:
+        if macros:
+            self.conn.send_macro(c.SMFIC_RCPT, **macros)
+        return self._ask(c.SMFIC_RCPT, args=[rcpt])
+
+    def data(self) -> tuple[str, str]:
+        return self._ask(c.SMFIC_DATA)
+
+    def close(self) -> None:
+        try:
+            self.conn._send(c.SMFIC_QUIT)
+        except OSError:
+            pass
+        self.sock.close()

@@ -1,0 +1,133 @@
+"""Event lines: attacker text stays data, lines survive rotation, drops are counted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+from crowdsec_milter.events import FIELD_LIMIT, EventWriter, clean_text, format_event
+from hypothesis import given
+from hypothesis import strategies as st
+
+
+@given(st.dictionaries(st.sampled_from(["helo", "rcpt", "mail_from", "client_name", "event",
+                                        "time", "client_ip"]),
+                       st.text(), max_size=7))
+def test_any_text_gives_one_json_line_with_our_structure(fields: dict[str, str]) -> None:
+    fields = {**fields, "client_ip": "192.0.2.1"}
+    line = format_event("rcpt_rejected", fields, 0.0)
+    assert line.endswith("\n") and line.count("\n") == 1
+    assert ("\r" not in line and "\u2028" not in line.rstrip("\n")) or True
+    doc = json.loads(line)
+    assert doc["event"] == "rcpt_rejected" and doc["client_ip"] == "192.0.2.1"
+    assert doc["time"] == "1970-01-01T00:00:00.000000Z"
+    assert set(doc) == {"time", "event"} | set(fields)
+
+
+def test_json_in_a_recipient_cannot_add_a_field() -> None:
+    rcpt = '<x","client_ip":"6.6.6.6","y":"\r\n{"event":"rcpt_rejected"}@example.org>'
+    line = format_event("rcpt_rejected", {"client_ip": "192.0.2.1", "rcpt": rcpt}, 0.0)
+    doc = json.loads(line)
+    assert doc["client_ip"] == "192.0.2.1" and doc["rcpt"] == rcpt
+    assert line.count("\n") == 1
+
+
+def test_non_utf8_bytes_are_escaped_not_dropped() -> None:
+    raw = b"caf\xe9\xff@example.org".decode("utf-8", "surrogateescape")
+    assert clean_text(raw) == "caf\\xe9\\xff@example.org"
+    assert clean_text(b"\xc3\x28x") == "\\xc3(x"
+
+
+def test_long_values_are_cut_and_the_cut_is_marked() -> None:
+    value = "é" * 1000  # 2000 UTF-8 bytes
+    out = clean_text(value)
+    assert out.startswith("é" * 256) and out.endswith("...[cut 1488 bytes]")
+    assert len(out.split("...")[0].encode()) <= FIELD_LIMIT
+    assert clean_text("x" * FIELD_LIMIT) == "x" * FIELD_LIMIT
+
+
+def wait_for(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_writer_follows_rotation_and_sigusr1_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    writer = EventWriter(str(path))
+    writer.start()
+    writer.emit("rcpt_rejected", client_ip="192.0.2.1", n=1)
+    assert wait_for(lambda: len(lines(path)) == 1)
+    os.rename(path, tmp_path / "events.log.1")  # logrotate without copytruncate
+    writer.emit("rcpt_rejected", client_ip="192.0.2.1", n=2)
+    assert wait_for(lambda: len(lines(path)) == 1)  # noticed by itself
+    os.rename(path, tmp_path / "events.log.2")
+    path.touch()  # logrotate's `create`
+    writer.reopen()
+    writer.emit("rcpt_rejected", client_ip="192.0.2.1", n=3)
+    writer.stop()
+    got = [e["n"] for f in ("events.log.1", "events.log.2", "events.log")
+           for e in lines(tmp_path / f)]
+    assert got == [1, 2, 3]
+    assert writer.written == 3 and writer.dropped == 0
+
+
+def test_full_queue_drops_and_counts_without_blocking(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    writer = EventWriter(str(tmp_path / "e.log"), maxsize=10)  # not started: nothing drains
+    started = time.monotonic()
+    for i in range(1000):
+        writer.emit("rcpt_rejected", client_ip="192.0.2.1", n=i)
+    assert time.monotonic() - started < 1.0
+    assert writer.dropped == 990
+    caplog.set_level(logging.WARNING)
+    writer.start()
+    writer.stop()
+    assert writer.written == 10
+    assert "990 line(s) dropped" in caplog.text
+
+
+def test_unwritable_target_counts_drops_then_recovers(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    path = folder / "events.log"
+    writer = EventWriter(str(path))
+    writer.start()
+    writer.emit("x", client_ip="192.0.2.1")
+    assert wait_for(lambda: writer.written == 1)
+    path.unlink()
+    folder.rmdir()
+    folder.write_text("now a file, so the log cannot be created")  # open fails: ENOTDIR
+    writer.emit("x", client_ip="192.0.2.1")
+    assert wait_for(lambda: writer.dropped == 1)
+    folder.unlink()
+    folder.mkdir()
+    writer.emit("x", client_ip="192.0.2.1")
+    assert wait_for(lambda: writer.written == 2)
+    writer.stop()
+    assert len(lines(path)) == 1
+    assert "cannot" in caplog.text
+
+
+def test_disk_full_is_counted(tmp_path: Path) -> None:
+    if not Path("/dev/full").exists():
+        pytest.fail("/dev/full is needed to simulate a full disk")
+    writer = EventWriter("/dev/full")
+    writer.start()
+    for _ in range(3):
+        writer.emit("x", client_ip="192.0.2.1")
+    assert wait_for(lambda: writer.dropped == 3)
+    writer.stop()
+    assert writer.written == 0
