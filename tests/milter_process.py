@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -120,8 +121,6 @@ class Mta:
         return self._ask(c.SMFIC_DATA)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.conn._send(c.SMFIC_QUIT)
-        except OSError:
-            pass
         self.sock.close()
