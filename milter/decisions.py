@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 
 # Severity order: a ban outranks a captcha, which outranks every other type.
@@ -26,10 +27,19 @@ class DecisionError(ValueError):
     """One decision from LAPI that cannot be used; the message says which field is wrong."""
 
 
+# The shape LAPI writes nearly always: hours, minutes, seconds with a fraction.
+_HMS = re.compile(r"(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+(?:\.\d+)?)s)?")
+
+
 def parse_duration(text: str) -> float:
     """Seconds in a Go duration string; negative for the already-expired ones in `deleted`."""
     if not isinstance(text, str) or not text:
         raise DecisionError(f"duration is not a Go duration: {text!r:.40}")
+    fast = _HMS.fullmatch(text)
+    if fast is not None and text != "":
+        h, m, sec = fast.groups()
+        if h or m or sec:
+            return int(h or 0) * 3600.0 + int(m or 0) * 60.0 + float(sec or 0.0)
     sign = 1.0
     body = text
     if body[0] in "+-":
@@ -64,6 +74,19 @@ def parse_network(scope: str, value: str) -> Network:
         raise DecisionError(f"value is not a string: {value!r:.60}")
     if "%" in value:
         raise DecisionError(f"value carries an interface scope: {value!r:.60}")
+    if scope == "ip":
+        # Fast path for the common case; inet_pton is strict (no scope, no prefix).
+        try:
+            packed = socket.inet_pton(socket.AF_INET6 if ":" in value else socket.AF_INET, value)
+        except (OSError, ValueError):
+            packed = b""
+        if len(packed) == 4:
+            return Network(4, 32, int.from_bytes(packed, "big"))
+        if len(packed) == 16:
+            number = int.from_bytes(packed, "big")
+            if number >> 32 == 0xFFFF:
+                return Network(4, 32, number & 0xFFFFFFFF)
+            return Network(6, 128, number)
     try:
         if scope == "ip":
             net = ipaddress.ip_network(value, strict=True)

@@ -12,6 +12,8 @@ half-done.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import socket
 import threading
 from collections.abc import Iterable
@@ -20,7 +22,6 @@ from .decisions import Decision, Network
 
 _V4_MAPPED = 0xFFFF << 32
 
-Entry = Decision | tuple[Decision, ...]
 
 
 def address_key(text: str) -> tuple[int, int] | None:
@@ -54,8 +55,22 @@ def _key(net: Network) -> int:
     return net.number >> ((32 if net.family == 4 else 128) - net.prefixlen)
 
 
-def _entries(entry: Entry) -> tuple[Decision, ...]:
+# A decision is held as one int: id << 64 | expiry in tenths of a second << 20 | meta slot.
+# One int object per decision instead of an object with seven fields keeps 1M decisions
+# near 100 MB; the few distinct (type, scope, origin, scenario) tuples are shared.
+_META_BITS = 20
+_META_MASK = (1 << _META_BITS) - 1
+_EXP_MASK = (1 << 44) - 1
+Packed = int
+Entry = int | tuple[int, ...]
+
+
+def _packs(entry: Entry) -> tuple[int, ...]:
     return entry if isinstance(entry, tuple) else (entry,)
+
+
+def _expiry(packed: int) -> float:
+    return ((packed >> _META_BITS) & _EXP_MASK) / 10.0
 
 
 class DecisionIndex:
@@ -63,10 +78,12 @@ class DecisionIndex:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        # family -> prefixlen -> network number -> Decision or tuple of Decisions
+        # family -> prefixlen -> network number >> (bits - prefixlen) -> packed decision(s)
         self._tables: dict[int, dict[int, dict[int, Entry]]] = {4: {}, 6: {}}
-        # family -> tuple of (shift, table), longest prefix first; rebuilt when lengths change
-        self._probes: dict[int, tuple[tuple[int, dict[int, Entry]], ...]] = {4: (), 6: ()}
+        # family -> tuple of (shift, prefixlen, table), longest prefix first
+        self._probes: dict[int, tuple[tuple[int, int, dict[int, Entry]], ...]] = {4: (), 6: ()}
+        self._metas: list[tuple[str, str, str, str]] = []
+        self._meta_ids: dict[tuple[str, str, str, str], int] = {}
         self._count = 0
 
     def __len__(self) -> int:
@@ -76,8 +93,28 @@ class DecisionIndex:
         bits = 32 if family == 4 else 128
         tables = self._tables[family]
         self._probes[family] = tuple(
-            (bits - plen, tables[plen]) for plen in sorted(tables, reverse=True) if tables[plen]
+            (bits - plen, plen, tables[plen])
+            for plen in sorted(tables, reverse=True) if tables[plen]
         )
+
+    def _pack(self, d: Decision) -> int:
+        meta = (d.type, d.scope, d.origin, d.scenario)
+        slot = self._meta_ids.get(meta)
+        if slot is None:
+            if len(self._metas) > _META_MASK:
+                raise OverflowError("too many distinct decision types, origins and scenarios")
+            slot = self._meta_ids[meta] = len(self._metas)
+            self._metas.append(meta)
+        tenths = min(max(math.ceil(d.expires * 10.0), 0), _EXP_MASK)
+        return (d.id << 64) | (tenths << _META_BITS) | slot
+
+    def _unpack(self, packed: int, family: int, plen: int, key: int) -> Decision:
+        dtype, scope, origin, scenario = self._metas[packed & _META_MASK]
+        bits = 32 if family == 4 else 128
+        address = ipaddress.ip_address(key << (bits - plen)) if family == 6 else \
+            ipaddress.IPv4Address(key << (bits - plen))
+        value = str(address) if plen == bits and scope == "Ip" else f"{address}/{plen}"
+        return Decision(packed >> 64, dtype, scope, value, origin, scenario, _expiry(packed))
 
     def add(self, decision: Decision, net: Network) -> None:
         """Hold one more decision; a decision with an id already held there replaces it."""
@@ -85,20 +122,19 @@ class DecisionIndex:
         table = tables.get(net.prefixlen)
         if table is None:
             table = tables[net.prefixlen] = {}
-            new_length = True
-        else:
-            new_length = False
+        packed = self._pack(decision)
         key = _key(net)
         old = table.get(key)
         if old is None:
-            table[key] = decision
+            table[key] = packed
             self._count += 1
-        else:
-            kept = tuple(d for d in _entries(old) if d.id != decision.id)
-            self._count += 1 - (len(_entries(old)) - len(kept))
-            table[key] = (*kept, decision) if kept else decision
-        if new_length or (old is None and len(table) == 1):
-            self._rebuild_probes(net.family)
+            if len(table) == 1:
+                self._rebuild_probes(net.family)
+            return
+        olds = _packs(old)
+        kept = tuple(p for p in olds if p >> 64 != decision.id)
+        self._count += 1 - (len(olds) - len(kept))
+        table[key] = (*kept, packed) if kept else packed
 
     def remove(self, ident: int, net: Network) -> bool:
         """Drop the decision with this id on this network; the others there stay."""
@@ -109,8 +145,9 @@ class DecisionIndex:
         old = table.get(key)
         if old is None:
             return False
-        kept = tuple(d for d in _entries(old) if d.id != ident)
-        if len(kept) == len(_entries(old)):
+        olds = _packs(old)
+        kept = tuple(p for p in olds if p >> 64 != ident)
+        if len(kept) == len(olds):
             return False
         self._count -= 1
         if not kept:
@@ -124,14 +161,17 @@ class DecisionIndex:
     def lookup(self, family: int, number: int, now: float) -> list[Decision]:
         """Unexpired decisions covering the address, most severe first, longest-lived first."""
         found: list[Decision] = []
-        for shift, table in self._probes[family]:
-            entry = table.get(number >> shift)
+        limit = int(now * 10.0)
+        for shift, plen, table in self._probes[family]:
+            key = number >> shift
+            entry = table.get(key)
             if entry is None:
                 continue
-            if isinstance(entry, tuple):
-                found.extend(d for d in entry if d.expires > now)
-            elif entry.expires > now:
-                found.append(entry)
+            for packed in _packs(entry):
+                if (packed >> _META_BITS) & _EXP_MASK > limit:
+                    decision = self._unpack(packed, family, plen, key)
+                    if decision.expires > now:
+                        found.append(decision)
         if len(found) > 1:
             found.sort(key=lambda d: (d.severity, -d.expires))
         return found
@@ -141,18 +181,16 @@ class DecisionIndex:
         removed = 0
         for family, tables in self._tables.items():
             for table in tables.values():
-                stale = [
-                    number
-                    for number, entry in table.items()
-                    if any(d.expires <= now for d in _entries(entry))
-                ]
-                for number in stale:
-                    kept = tuple(d for d in _entries(table[number]) if d.expires > now)
-                    removed += len(_entries(table[number])) - len(kept)
+                stale = [key for key, entry in table.items()
+                         if any(_expiry(p) <= now for p in _packs(entry))]
+                for key in stale:
+                    olds = _packs(table[key])
+                    kept = tuple(p for p in olds if _expiry(p) > now)
+                    removed += len(olds) - len(kept)
                     if kept:
-                        table[number] = kept if len(kept) > 1 else kept[0]
+                        table[key] = kept if len(kept) > 1 else kept[0]
                     else:
-                        del table[number]
+                        del table[key]
             self._rebuild_probes(family)
         self._count -= removed
         return removed
@@ -161,17 +199,17 @@ class DecisionIndex:
         """Decisions held by (scope, family), for metrics and the status line."""
         result: dict[tuple[str, int], int] = {}
         for family, tables in self._tables.items():
-            full = 32 if family == 4 else 128
-            for plen, table in tables.items():
-                scope = "Ip" if plen == full else "Range"
-                n = sum(len(_entries(e)) for e in table.values())
-                if n:
-                    result[(scope, family)] = result.get((scope, family), 0) + n
+            for table in tables.values():
+                for entry in table.values():
+                    for packed in _packs(entry):
+                        scope = self._metas[packed & _META_MASK][1]
+                        result[(scope, family)] = result.get((scope, family), 0) + 1
         return result
 
     def decisions(self) -> Iterable[Decision]:
         """Every decision held (expired ones included until the next `expire`)."""
-        for tables in self._tables.values():
-            for table in tables.values():
-                for entry in table.values():
-                    yield from _entries(entry)
+        for family, tables in self._tables.items():
+            for plen, table in tables.items():
+                for key, entry in table.items():
+                    for packed in _packs(entry):
+                        yield self._unpack(packed, family, plen, key)
