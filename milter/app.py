@@ -8,6 +8,7 @@ SIGUSR1 reopens the event log (logrotate).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -19,12 +20,15 @@ from dataclasses import dataclass
 import Milter
 
 from . import __version__
+from .cli import ConfigError, load
 from .events import EventWriter
 from .lapi import LapiClient
+from .metrics import MetricsServer, MilterCollector
 from .policy import Policy
 from .session import SessionContext, session_class
 from .settings import Settings
 from .source import LiveSource, StreamSource
+from .tally import Tally
 
 log = logging.getLogger("crowdsec_milter")
 
@@ -71,19 +75,17 @@ class Parts:
     policy: Policy
     events: EventWriter | None
     context: SessionContext
+    metrics: MetricsServer | None = None
 
 
-def build(settings: Settings) -> Parts:
-    """Every runtime part, from the settings alone."""
-    client = LapiClient(settings.lapi_url, settings.api_key, settings.lapi_timeout)
-    source: StreamSource | LiveSource
-    if settings.mode == "stream":
-        source = StreamSource(client, settings.update_frequency,
-                              resync_interval=settings.resync_interval)
-    else:
-        source = LiveSource(client, settings.cache_ttl, timeout=settings.lapi_timeout,
-                            maxsize=settings.cache_size)
-    policy = Policy(
+def make_client(settings: Settings) -> LapiClient:
+    cert = (settings.lapi_cert, settings.lapi_key) if settings.lapi_cert else None
+    return LapiClient(settings.lapi_url, settings.api_key or None, settings.lapi_timeout,
+                      verify=settings.lapi_ca or True, cert=cert)  # type: ignore[arg-type]
+
+
+def make_policy(settings: Settings, source: StreamSource | LiveSource, tally: Tally) -> Policy:
+    return Policy(
         source,
         actions=settings.action_map,
         default_action=settings.default_action,
@@ -92,15 +94,69 @@ def build(settings: Settings) -> Parts:
         on_lapi_error=settings.on_lapi_error,
         trusted=settings.trusted_networks,
         dry_run=settings.dry_run,
+        tally=tally,
     )
+
+
+def build(settings: Settings) -> Parts:
+    """Every runtime part, from the settings alone."""
+    client = make_client(settings)
+    source: StreamSource | LiveSource
+    if settings.mode == "stream":
+        source = StreamSource(client, settings.update_frequency,
+                              resync_interval=settings.resync_interval)
+    else:
+        source = LiveSource(client, settings.cache_ttl, timeout=settings.lapi_timeout,
+                            maxsize=settings.cache_size)
+    tally = Tally()
+    policy = make_policy(settings, source, tally)
     events = None
     if settings.event_log != "none":
         events = EventWriter(settings.event_log, maxsize=settings.event_queue)
-    context = SessionContext(policy=policy, stage=settings.stage, events=events)
-    return Parts(client, source, policy, events, context)
+    context = SessionContext(policy=policy, stage=settings.stage, events=events, tally=tally,
+                             always_allow_rcpt=settings.always_allow_rcpt)
+    metrics = None
+    if settings.metrics_listen is not None:
+        host, port = settings.metrics_listen
+        metrics = MetricsServer(host, port, MilterCollector(tally, source, events),
+                                lambda: source.usable)
+    return Parts(client, source, policy, events, context, metrics)
 
 
-def run(settings: Settings) -> int:
+# What SIGHUP can change; the rest needs a restart (new socket, LAPI, key or mode).
+_RESTART_ONLY = ("socket", "lapi_url", "api_key", "mode", "lapi_ca", "lapi_cert", "lapi_key",
+                 "event_log", "metrics_listen", "update_frequency", "cache_ttl", "cache_size",
+                 "lapi_timeout", "resync_interval")
+
+
+def reload(parts: Parts, old: Settings, argv: list[str]) -> Settings:
+    """Re-read flags and config file; apply what can change live; keep the old settings
+    when the new ones are bad. Sessions and decisions are untouched."""
+    try:
+        new = load(argv)
+    except ConfigError as exc:
+        log.error("reload refused, keeping the running config: %s", exc)
+        return old
+    ignored = [n for n in _RESTART_ONLY if getattr(new, n) != getattr(old, n)]
+    if ignored:
+        log.warning("reload: %s change(s) need a restart; not applied",
+                    ", ".join("--" + n.replace("_", "-") for n in ignored))
+    context = SessionContext(
+        policy=make_policy(new, parts.source, parts.context.tally), stage=new.stage,
+        events=parts.events, tally=parts.context.tally,
+        always_allow_rcpt=new.always_allow_rcpt)
+    parts.context = context
+    parts.policy = context.policy
+    Milter.factory = session_class(context)  # new connections get it; open ones finish as they are
+    logging.getLogger().setLevel(new.log_level.upper())
+    log.info("reloaded: stage=%s actions=%s trusted=%d dry_run=%s", new.stage,
+             ",".join(f"{k}={v}" for k, v in new.actions), len(new.trusted_networks),
+             new.dry_run)
+    kept = {n: getattr(old, n) for n in ignored}
+    return dataclasses.replace(new, **kept)
+
+
+def run(settings: Settings, argv: list[str] | None = None) -> int:
     """Run the milter until SIGTERM or SIGINT; exit status 0, or 1 if libmilter failed."""
     setup_logging(settings.log_level, settings.log_format)
     parts = build(settings)
@@ -111,6 +167,9 @@ def run(settings: Settings) -> int:
         parts.events.start()
     if isinstance(parts.source, StreamSource):
         parts.source.start()
+    if parts.metrics is not None:
+        parts.metrics.start()
+        log.info("metrics and /health on %s:%d", settings.metrics_listen[0], parts.metrics.port)
 
     Milter.factory = session_class(parts.context)
     Milter.set_flags(0)  # we never modify messages
@@ -127,6 +186,10 @@ def run(settings: Settings) -> int:
             done.set()
 
     stop = threading.Event()
+    hup = threading.Event()
+
+    def on_hup(_signum: int, _frame: object) -> None:
+        hup.set()
 
     def on_stop(signum: int, _frame: object) -> None:
         log.info("%s received, stopping", signal.Signals(signum).name)
@@ -138,12 +201,15 @@ def run(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, on_hup)
     signal.signal(signal.SIGUSR1, on_usr1)
     thread = threading.Thread(target=serve, name="libmilter", daemon=True)
     thread.start()
     while not stop.is_set() and not done.is_set():
-        stop.wait(0.5)
+        stop.wait(0.2)
+        if hup.is_set():
+            hup.clear()
+            settings = reload(parts, settings, argv if argv is not None else sys.argv[1:])
     if not done.is_set():
         Milter.stop()
         done.wait(10.0)
@@ -151,6 +217,8 @@ def run(settings: Settings) -> int:
         parts.source.stop()
     if parts.events is not None:
         parts.events.stop()
+    if parts.metrics is not None:
+        parts.metrics.stop()
     parts.client.close()
     log.info("stopped")
     return 1 if failed.is_set() else 0

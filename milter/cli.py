@@ -32,7 +32,7 @@ class ConfigError(Exception):
 
 class _Parser(configargparse.ArgParser):
     def error(self, message: str) -> NoReturn:
-        fail(message)
+        raise ConfigError(message)
 
 
 def fail(message: str) -> NoReturn:
@@ -88,6 +88,15 @@ def build_parser() -> configargparse.ArgParser:
     p.add_argument("--trusted-network", action="append", default=None, metavar="CIDR",
                    help="never blocked (repeatable) [default: 127.0.0.0/8 ::1/128]")
     p.add_argument("--dry-run", action="store_true", help="decide and log, but block nobody")
+    p.add_argument("--always-allow-rcpt", action="append", default=None, metavar="PATTERN",
+                   help="with --stage rcpt, recipients let through even for banned clients "
+                        "(repeatable, shell-style) [default: postmaster@* abuse@*]")
+    p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
+                   help="serve Prometheus /metrics and /health here (off by default)")
+    p.add_argument("--lapi-ca", default=None, help="CA bundle to verify an https LAPI")
+    p.add_argument("--lapi-cert", default=None,
+                   help="client certificate for LAPI (instead of an API key)")
+    p.add_argument("--lapi-key", default=None, help="private key of --lapi-cert")
     p.add_argument("--event-log", default=d.event_log,
                    help="JSON event lines: a path, - for stdout, syslog, or none")
     p.add_argument("--log-level", choices=_LEVELS, default=d.log_level, help="operational log")
@@ -123,8 +132,10 @@ def read_api_key(args: configargparse.Namespace) -> str:
         return key
     if args.api_key:
         return args.api_key.strip()
+    if args.lapi_cert:
+        return ""
     raise ConfigError("an API key is required: --api-key-file or --api-key "
-                      f"(or {ENV_PREFIX}API_KEY_FILE)")
+                      f"(or {ENV_PREFIX}API_KEY_FILE), or a client certificate (--lapi-cert)")
 
 
 def check_socket(spec: str) -> str:
@@ -163,6 +174,29 @@ def parse_actions(specs: Sequence[str] | None) -> tuple[tuple[str, Action], ...]
     return tuple(result.items())
 
 
+def check_listen(spec: str | None) -> tuple[str, int] | None:
+    if not spec:
+        return None
+    host, sep, port = spec.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--metrics-listen {spec!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def check_tls(args: configargparse.Namespace) -> None:
+    for name in ("lapi_ca", "lapi_cert", "lapi_key"):
+        path = getattr(args, name)
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(f"--{name.replace('_', '-')} {path}: not readable")
+    if bool(args.lapi_cert) != bool(args.lapi_key):
+        raise ConfigError("--lapi-cert and --lapi-key go together")
+    if args.lapi_cert and (args.api_key or args.api_key_file):
+        raise ConfigError("--lapi-cert replaces the API key: give one or the other")
+    if (args.lapi_cert or args.lapi_ca) and not args.lapi_url.startswith("https://"):
+        raise ConfigError("--lapi-ca and --lapi-cert need an https:// --lapi-url")
+
+
 def settings_from_args(args: configargparse.Namespace) -> Settings:
     """Turn parsed arguments into Settings, or raise ConfigError naming the bad one."""
     replies = {}
@@ -178,10 +212,14 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
             else Settings().trusted_networks
     except ValueError as exc:
         raise ConfigError(f"--trusted-network: {exc}") from None
+    check_tls(args)
+    allow = tuple(p.strip().lower() for p in args.always_allow_rcpt) \
+        if args.always_allow_rcpt is not None else Settings().always_allow_rcpt
     return Settings(
         socket=check_socket(args.socket),
         lapi_url=check_url(args.lapi_url),
         api_key=read_api_key(args),
+        config_file=args.config_file,
         mode=args.mode,
         update_frequency=_positive("update-frequency", args.update_frequency),
         resync_interval=_positive("resync-interval", args.resync_interval),
@@ -199,26 +237,49 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
         trusted_networks=trusted,
         dry_run=args.dry_run,
         event_log=args.event_log,
+        always_allow_rcpt=allow,
+        metrics_listen=check_listen(args.metrics_listen),
+        lapi_ca=args.lapi_ca,
+        lapi_cert=args.lapi_cert,
+        lapi_key=args.lapi_key,
         log_level=args.log_level,
         log_format=args.log_format,
     )
 
 
-def parse(argv: Sequence[str] | None = None) -> Settings:
-    """Settings from argv, environment and config file; exits 2 with one line on error."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def load(argv: Sequence[str]) -> Settings:
+    """Settings from argv, environment and config file, or ConfigError naming the problem.
+    Also used by SIGHUP to re-read the config file."""
     try:
-        return settings_from_args(args)
+        args = build_parser().parse_args(list(argv))
+    except OSError as exc:  # an unreadable config file
+        raise ConfigError(f"{getattr(exc, 'filename', '')}: {exc.strerror}") from exc
+    return settings_from_args(args)
+
+
+def parse(argv: Sequence[str] | None = None) -> Settings:
+    """Settings for start-up; exits 2 with one line naming the problem."""
+    try:
+        return load(sys.argv[1:] if argv is None else argv)
     except ConfigError as exc:
         fail(str(exc))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("check", "lookup"):
+        from .tools import check, lookup
+
+        command, rest = argv[0], argv[1:]
+        if command == "lookup":
+            if not rest or rest[0].startswith("-"):
+                fail("usage: crowdsec-milter lookup IP [options]")
+            return lookup(rest[0], parse(rest[1:]))
+        return check(parse(rest))
     settings = parse(argv)
     from .app import run  # imported late: --help and bad flags need no pymilter
 
-    return run(settings)
+    return run(settings, argv)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,15 @@ class LapiClient:
         except ValueError as exc:
             raise LapiError("decode", f"LAPI answer is not JSON ({len(body)} bytes)") from exc
 
+    def health(self) -> int:
+        """HTTP status of GET /health (no authentication needed)."""
+        try:
+            return self._http.get(self._base + "health", timeout=self._timeout).status_code
+        except httpx.TimeoutException as exc:
+            raise LapiError("timeout", f"LAPI did not answer within {self._timeout:g}s") from exc
+        except httpx.HTTPError as exc:
+            raise LapiError("connect", f"LAPI unreachable: {type(exc).__name__}") from exc
+
     def stream(self, startup: bool) -> StreamAnswer:
         """One pull of /v1/decisions/stream; `startup` asks for every active decision."""
         params = {"startup": "true" if startup else "false"}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from .decisions import Decision
 from .index import address_key
 from .source import DecisionSource
+from .tally import Tally
 
 
 class Action(enum.StrEnum):
@@ -109,8 +110,10 @@ class Policy:
         on_lapi_error: Action,
         trusted: Iterable[IPNetwork] = (),
         dry_run: bool = False,
+        tally: Tally | None = None,
     ) -> None:
         self.source = source
+        self.tally = tally or Tally()
         self._actions = dict(actions)
         self._default = default_action
         self._replies = dict(replies)
@@ -141,9 +144,12 @@ class Policy:
         text = str(ipaddress.ip_address(number) if family == 6 else ipaddress.IPv4Address(number))
         decisions = self.source.lookup(family, number, text)
         if decisions is None:
+            self.tally.inc("lookup", "unavailable")
             return self._unavailable_verdict(text)
         if not decisions:
+            self.tally.inc("lookup", "clean")
             return None
+        self.tally.inc("lookup", "match")
         return self.verdict_for(decisions, text)
 
     def verdict_for(self, decisions: list[Decision], ip: str) -> Verdict:

@@ -8,15 +8,17 @@ its own 451): an internal error gets what `--on-lapi-error` says.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import Milter
 
 from .events import EventWriter, clean_text
 from .policy import Action, Policy, Stage, Verdict
+from .tally import Tally
 
 log = logging.getLogger("crowdsec_milter.session")
 
@@ -31,9 +33,13 @@ class SessionContext:
     policy: Policy
     stage: Stage
     events: EventWriter | None = None
-    sessions: int = 0
-    blocked: int = 0
-    errors: int = 0
+    tally: Tally = field(default_factory=Tally)
+    # with --stage rcpt: recipients let through even for a banned client (RFC 5321 4.5.1)
+    always_allow_rcpt: tuple[str, ...] = ()
+
+    def allowed_rcpt(self, rcpt: str) -> bool:
+        address = rcpt.strip().strip("<>").lower()
+        return any(fnmatch.fnmatchcase(address, pattern) for pattern in self.always_allow_rcpt)
 
 
 def _addr(family: int, hostaddr: Any) -> str:
@@ -63,7 +69,7 @@ class Session(Milter.Base):
 
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         self.__init__()  # type: ignore[misc]  # a new connect (after XCLIENT) is a new client
-        self.context.sessions += 1
+        self.context.tally.inc("sessions")
         self.ip = _addr(family, hostaddr)
         self.client_name = hostname or ""
         return self._at(Stage.CONNECT, rcpt="")
@@ -94,6 +100,8 @@ class Session(Milter.Base):
     def _at(self, stage: Stage, rcpt: str) -> int:
         if stage is not self.context.stage:
             return Milter.CONTINUE
+        if rcpt and self.context.always_allow_rcpt and self.context.allowed_rcpt(rcpt):
+            return Milter.CONTINUE
         try:
             if not self.asked:
                 self.asked = True
@@ -113,7 +121,7 @@ class Session(Milter.Base):
             self.setreply(code, xcode, text)
             return _RESULT[verdict.action]
         except Exception:
-            self.context.errors += 1
+            self.context.tally.inc("error")
             log.exception("internal error deciding on client %s", clean_text(self.ip, 64))
             return self._fallback()
 
@@ -130,9 +138,11 @@ class Session(Milter.Base):
 
     def _report(self, verdict: Verdict, stage: Stage, rcpt: str) -> None:
         """One operational log line and one event per blocked session."""
-        self.context.blocked += 1
         decision = verdict.decision
         dtype = decision.type if decision else ""
+        self.context.tally.inc("blocked", dtype or verdict.reason,
+                               decision.origin if decision else "", str(stage),
+                               str(verdict.action) if verdict.enforce else "none")
         log.info(
             "%s client=%s type=%s scope=%s value=%s scenario=%s origin=%s stage=%s%s",
             "would block" if not verdict.enforce else f"{verdict.action}",
@@ -157,12 +167,14 @@ class Session(Milter.Base):
             )
 
     def _rcpt_rejected(self, to: str) -> None:
+        status = self._macro("{rcpt_host}")
+        self.context.tally.inc("rcpt_rejected", status[:1] + "xx" if status else "unknown")
         if self.context.events is None:
             return
         self.context.events.emit(
             "rcpt_rejected",
             client_ip=self.ip, client_name=self.client_name, helo=self.helo,
-            mail_from=self.mail_from, rcpt=to, status=self._macro("{rcpt_host}"),
+            mail_from=self.mail_from, rcpt=to, status=status,
             reason=self._macro("{rcpt_addr}"), queue_id=self._macro("i"), mta=self._macro("j"),
         )
 

@@ -13,6 +13,7 @@ class Settings:
     socket: str = "inet:8895@127.0.0.1"
     lapi_url: str = "http://127.0.0.1:8080/"
     api_key: str = field(default="", repr=False)  # never printed
+    config_file: str | None = None
     mode: str = "stream"
     update_frequency: float = 10.0
     resync_interval: float = 3600.0
@@ -34,6 +35,11 @@ class Settings:
     dry_run: bool = False
     event_log: str = "/var/log/crowdsec-milter/events.log"
     event_queue: int = 10_000
+    always_allow_rcpt: tuple[str, ...] = ("postmaster@*", "abuse@*")
+    metrics_listen: tuple[str, int] | None = None
+    lapi_ca: str | None = None
+    lapi_cert: str | None = None
+    lapi_key: str | None = None
     log_level: str = "info"
     log_format: str = "text"
     milter_timeout: int = 600

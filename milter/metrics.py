@@ -1,0 +1,148 @@
+"""Prometheus metrics and /health over HTTP (`--metrics-listen HOST:PORT`).
+
+Nothing here runs on the milter's hot path: sessions bump plain counters (tally.Tally) and
+this collector reads them, the sources' stats and the index sizes when scraped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .source import LiveSource, StreamSource
+from .tally import Tally
+
+log = logging.getLogger("crowdsec_milter.metrics")
+P = "crowdsec_milter_"
+
+
+class MilterCollector:
+    """Reads the running parts' counters at scrape time."""
+
+    def __init__(self, tally: Tally, source: StreamSource | LiveSource,
+                 events: Any | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._tally = tally
+        self._source = source
+        self._events = events
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._tally.snapshot()
+        sessions = CounterMetricFamily(P + "sessions", "SMTP sessions seen (milter connects)")
+        sessions.add_metric([], snap.get(("sessions",), 0))
+        yield sessions
+        blocks = CounterMetricFamily(P + "blocks", "Clients answered because of a decision",
+                                     labels=["type", "origin", "stage", "action"])
+        lookups = CounterMetricFamily(P + "lookups", "Client addresses looked up",
+                                      labels=["result"])
+        rcpt = CounterMetricFamily(P + "rcpt_rejected",
+                                   "Recipients the MTA rejected, seen as events",
+                                   labels=["status"])
+        for key, value in snap.items():
+            if key[0] == "blocked":
+                blocks.add_metric(list(key[1:]), value)
+            elif key[0] == "lookup":
+                lookups.add_metric([key[1]], value)
+            elif key[0] == "rcpt_rejected":
+                rcpt.add_metric([key[1]], value)
+        yield blocks
+        yield lookups
+        yield rcpt
+        errors = CounterMetricFamily(P + "internal_errors", "Exceptions caught in callbacks")
+        errors.add_metric([], snap.get(("error",), 0))
+        yield errors
+        yield from self._source_metrics()
+        if self._events is not None:
+            written = CounterMetricFamily(P + "events_written", "Event lines written")
+            written.add_metric([], self._events.written)
+            dropped = CounterMetricFamily(P + "events_dropped",
+                                          "Event lines dropped (queue full or write error)")
+            dropped.add_metric([], self._events.dropped)
+            yield written
+            yield dropped
+
+    def _source_metrics(self) -> Iterator[Metric]:
+        src = self._source
+        req = CounterMetricFamily(P + "lapi_requests", "Requests made to LAPI", labels=["mode"])
+        err = CounterMetricFamily(P + "lapi_errors", "LAPI requests that failed",
+                                  labels=["kind"])
+        usable = GaugeMetricFamily(P + "source_usable",
+                                   "1 when decisions can be had (synced, or LAPI answering)")
+        usable.add_metric([], 1.0 if src.usable else 0.0)
+        if isinstance(src, StreamSource):
+            req.add_metric(["stream"], src.stats.pulls)
+            for kind, n in src.stats.errors.items():
+                err.add_metric([kind], n)
+            held = GaugeMetricFamily(P + "decisions", "Decisions held in memory",
+                                     labels=["scope", "family"])
+            for (scope, family), n in src.index.counts().items():
+                held.add_metric([scope, f"ipv{family}"], n)
+            yield held
+            since = GaugeMetricFamily(P + "seconds_since_last_pull",
+                                      "Seconds since the last successful stream pull")
+            last = src.stats.last_good
+            since.add_metric([], float("inf") if last is None else self._clock() - last)
+            yield since
+            bad = CounterMetricFamily(P + "bad_decisions",
+                                      "Decisions from LAPI skipped as unusable")
+            bad.add_metric([], src.stats.bad_decisions)
+            yield bad
+        else:
+            req.add_metric(["live"], src.requests)
+            for kind, n in src.errors.items():
+                err.add_metric([kind], n)
+            hits = CounterMetricFamily(P + "cache_hits", "Live lookups answered from the cache")
+            hits.add_metric([], src.cache_hits)
+            yield hits
+        yield req
+        yield err
+        yield usable
+
+
+class MetricsServer:
+    """/metrics for Prometheus and /health (200 only when the decision source is usable)."""
+
+    def __init__(self, host: str, port: int, collector: MilterCollector,
+                 usable: Callable[[], bool]) -> None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(collector)  # type: ignore[arg-type]
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(registry), "text/plain; version=0.0.4")
+                elif path == "/health":
+                    ok = usable()
+                    self._send(200 if ok else 503, b"ok\n" if ok else b"no decisions yet\n",
+                               "text/plain")
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def _send(self, status: int, body: bytes, ctype: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+
+    def start(self) -> None:
+        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

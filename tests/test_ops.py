@@ -1,0 +1,138 @@
+"""Operations on the real program: metrics and /health, SIGHUP reload, check and lookup,
+and postmaster reachable for banned clients at the rcpt stage."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from lapi_server import FakeLapi, Fault
+from milter_process import EXE, MilterProcess, Mta, free_port
+
+
+@pytest.fixture
+def started(tmp_path: Path, fake_lapi: tuple[FakeLapi, str]):
+    lapi, url = fake_lapi
+    procs: list[MilterProcess] = []
+
+    def start(*args: str, wait: str | None = "stream resync") -> MilterProcess:
+        proc = MilterProcess(tmp_path, url, "test-key", *args).start(wait)
+        procs.append(proc)
+        return proc
+
+    yield lapi, url, start
+    for proc in procs:
+        proc.stop(signal.SIGKILL)
+
+
+def metric(text: str, name: str) -> float:
+    total = 0.0
+    found = False
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    assert found, name
+    return total
+
+
+def test_metrics_and_health(started) -> None:
+    lapi, _, start = started
+    lapi.add("203.0.113.7")
+    lapi.add("2001:db8::/32", scope="Range")
+    port = free_port()
+    proc = start("--metrics-listen", f"127.0.0.1:{port}", "--update-frequency", "0.2")
+    base = f"http://127.0.0.1:{port}"
+    assert httpx.get(base + "/health").status_code == 200
+    for ip in ("203.0.113.7", "192.0.2.1", "192.0.2.2"):
+        mta = Mta(proc.port)
+        mta.connect(ip)
+        mta.close()
+    text = httpx.get(base + "/metrics").text
+    assert metric(text, "crowdsec_milter_sessions_total") == 3
+    assert 'crowdsec_milter_blocks_total{action="reject",origin="cscli",stage="connect",' \
+           'type="ban"} 1.0' in text
+    assert metric(text, 'crowdsec_milter_lookups_total{result="clean"}') == 2
+    assert 'crowdsec_milter_decisions{family="ipv4",scope="Ip"} 1.0' in text
+    assert 'crowdsec_milter_decisions{family="ipv6",scope="Range"} 1.0' in text
+    assert metric(text, "crowdsec_milter_seconds_since_last_pull") < 5
+    assert "test-key" not in text
+    lapi.fault = Fault(status=500)
+    time.sleep(0.6)
+    text = httpx.get(base + "/metrics").text
+    assert metric(text, 'crowdsec_milter_lapi_errors_total{kind="http"}') >= 1
+    assert httpx.get(base + "/health").status_code == 200  # last good decisions still held
+
+
+def test_health_503_before_first_sync(started) -> None:
+    lapi, _, start = started
+    lapi.fault = Fault(status=500)
+    port = free_port()
+    start("--metrics-listen", f"127.0.0.1:{port}", wait="stream pull failed")
+    assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 503
+
+
+def test_sighup_reloads_config_and_refuses_a_bad_one(started, tmp_path: Path) -> None:
+    lapi, _, start = started
+    lapi.add("203.0.113.7")
+    conf = tmp_path / "milter.conf"
+    conf.write_text("stage = connect\n")
+    proc = start("-c", str(conf))
+    assert Mta(proc.port).connect("203.0.113.7")[0] == "reject"
+    conf.write_text("stage = connect\naction = [ban=tempfail]\n")
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while "reloaded" not in proc.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert Mta(proc.port).connect("203.0.113.7")[0] == "tempfail"
+    conf.write_text("stage = nowhere\n")
+    proc.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while "reload refused" not in proc.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "reload refused" in proc.log() and "--stage" in proc.log()
+    assert proc.proc.poll() is None  # still running, old config kept
+    assert Mta(proc.port).connect("203.0.113.7")[0] == "tempfail"
+
+
+def test_postmaster_reachable_for_banned_clients_at_rcpt_stage(started) -> None:
+    lapi, _, start = started
+    lapi.add("203.0.113.7")
+    proc = start("--stage", "rcpt")
+    mta = Mta(proc.port)
+    mta.connect("203.0.113.7")
+    mta.helo("x")
+    mta.mail("<a@b>")
+    assert mta.rcpt("<Postmaster@example.org>")[0] == "continue"
+    assert mta.rcpt("<abuse@example.org>")[0] == "continue"
+    assert mta.rcpt("<bob@example.org>")[0] == "reject"
+    mta.close()
+
+
+def run_tool(*args: str, url: str, key: str = "test-key") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EXE, *args, "--lapi-url", url, "--api-key", key],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_check_and_lookup(fake_lapi: tuple[FakeLapi, str]) -> None:
+    lapi, url = fake_lapi
+    lapi.add("203.0.113.0/24", scope="Range", scenario="crowdsecurity/postfix-spam")
+    result = run_tool("check", url=url)
+    assert result.returncode == 0 and "accepted" in result.stdout, result.stdout
+    result = run_tool("check", url=url, key="wrong")
+    assert result.returncode == 1 and "FAILED (auth)" in result.stdout
+    assert "wrong" not in result.stdout.replace("FAILED", "")
+    result = run_tool("lookup", "203.0.113.9", url=url)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "scope=Range value=203.0.113.0/24" in result.stdout
+    assert "reject at connect" in result.stdout and "550 5.7.1" in result.stdout
+    result = run_tool("lookup", "192.0.2.1", url=url)
+    assert result.returncode == 0 and "no decision" in result.stdout
+    assert lapi.count("/v1/decisions/stream") == 0  # never touches the stream cursor
+    result = run_tool("check", url="http://127.0.0.1:9/")
+    assert result.returncode == 1 and "unreachable" in result.stdout
