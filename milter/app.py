@@ -29,6 +29,7 @@ from .session import SessionContext, session_class
 from .settings import Settings
 from .source import LiveSource, StreamSource
 from .tally import Tally
+from .usage import UsagePusher
 
 log = logging.getLogger("crowdsec_milter")
 
@@ -76,6 +77,7 @@ class Parts:
     events: EventWriter | None
     context: SessionContext
     metrics: MetricsServer | None = None
+    usage: UsagePusher | None = None
 
 
 def make_client(settings: Settings) -> LapiClient:
@@ -120,13 +122,16 @@ def build(settings: Settings) -> Parts:
         host, port = settings.metrics_listen
         metrics = MetricsServer(host, port, MilterCollector(tally, source, events),
                                 lambda: source.usable)
-    return Parts(client, source, policy, events, context, metrics)
+    usage = None
+    if settings.usage_metrics_interval > 0:
+        usage = UsagePusher(client, tally, source, settings.usage_metrics_interval)
+    return Parts(client, source, policy, events, context, metrics, usage)
 
 
 # What SIGHUP can change; the rest needs a restart (new socket, LAPI, key or mode).
 _RESTART_ONLY = ("socket", "lapi_url", "api_key", "mode", "lapi_ca", "lapi_cert", "lapi_key",
                  "event_log", "metrics_listen", "update_frequency", "cache_ttl", "cache_size",
-                 "lapi_timeout", "resync_interval")
+                 "lapi_timeout", "resync_interval", "usage_metrics_interval")
 
 
 def reload(parts: Parts, old: Settings, argv: list[str]) -> Settings:
@@ -167,6 +172,8 @@ def run(settings: Settings, argv: list[str] | None = None) -> int:
         parts.events.start()
     if isinstance(parts.source, StreamSource):
         parts.source.start()
+    if parts.usage is not None:
+        parts.usage.start()
     if parts.metrics is not None:
         parts.metrics.start()
         log.info("metrics and /health on %s:%d", settings.metrics_listen[0], parts.metrics.port)
@@ -219,6 +226,8 @@ def run(settings: Settings, argv: list[str] | None = None) -> int:
         parts.events.stop()
     if parts.metrics is not None:
         parts.metrics.stop()
+    if parts.usage is not None:
+        parts.usage.stop()
     parts.client.close()
     log.info("stopped")
     return 1 if failed.is_set() else 0

@@ -93,6 +93,9 @@ def build_parser() -> configargparse.ArgParser:
                         "(repeatable, shell-style) [default: postmaster@* abuse@*]")
     p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
                    help="serve Prometheus /metrics and /health here (off by default)")
+    p.add_argument("--usage-metrics-interval", type=float, default=d.usage_metrics_interval,
+                   help="seconds between remediation usage pushes to LAPI (CrowdSec 1.6.3+); "
+                        "0 turns them off")
     p.add_argument("--lapi-ca", default=None, help="CA bundle to verify an https LAPI")
     p.add_argument("--lapi-cert", default=None,
                    help="client certificate for LAPI (instead of an API key)")
@@ -239,6 +242,8 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
         event_log=args.event_log,
         always_allow_rcpt=allow,
         metrics_listen=check_listen(args.metrics_listen),
+        usage_metrics_interval=0.0 if args.usage_metrics_interval == 0 else
+        _positive("usage-metrics-interval", args.usage_metrics_interval),
         lapi_ca=args.lapi_ca,
         lapi_cert=args.lapi_cert,
         lapi_key=args.lapi_key,

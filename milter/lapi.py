@@ -106,6 +106,16 @@ class LapiClient:
         except httpx.HTTPError as exc:
             raise LapiError("connect", f"LAPI unreachable: {type(exc).__name__}") from exc
 
+    def post_json(self, path: str, doc: Any) -> int:
+        """POST a JSON document; the HTTP status."""
+        try:
+            return self._http.post(self._base + path, json=doc,
+                                   timeout=self._timeout).status_code
+        except httpx.TimeoutException as exc:
+            raise LapiError("timeout", f"LAPI did not answer within {self._timeout:g}s") from exc
+        except httpx.HTTPError as exc:
+            raise LapiError("connect", f"LAPI unreachable: {type(exc).__name__}") from exc
+
     def stream(self, startup: bool) -> StreamAnswer:
         """One pull of /v1/decisions/stream; `startup` asks for every active decision."""
         params = {"startup": "true" if startup else "false"}

@@ -37,6 +37,7 @@ class Settings:
     event_queue: int = 10_000
     always_allow_rcpt: tuple[str, ...] = ("postmaster@*", "abuse@*")
     metrics_listen: tuple[str, int] | None = None
+    usage_metrics_interval: float = 1800.0
     lapi_ca: str | None = None
     lapi_cert: str | None = None
     lapi_key: str | None = None

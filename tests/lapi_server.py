@@ -33,6 +33,8 @@ class FakeLapi:
     decisions: dict[int, dict[str, Any]] = field(default_factory=dict)
     requests: list[tuple[str, dict[str, list[str]], dict[str, str]]] = field(default_factory=list)
     fault: Fault | None = None
+    usage_status: int = 201  # 404 plays a LAPI older than 1.6.3
+    usage_posts: list[Any] = field(default_factory=list)
     _pending_new: list[dict[str, Any]] = field(default_factory=list)
     _pending_deleted: list[dict[str, Any]] = field(default_factory=list)
     _next_id: int = 1
@@ -117,6 +119,19 @@ def serve(lapi: FakeLapi) -> tuple[ThreadingHTTPServer, str]:
                 return
             status, doc = lapi.answer(url.path, query)
             self._send(status, json.dumps(doc).encode())
+
+        def do_POST(self) -> None:
+            url = urlparse(self.path)
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            lapi.requests.append((url.path, {}, dict(self.headers)))
+            if self.headers.get("X-Api-Key") != lapi.key:
+                self._send(403, b'{"message":"access forbidden"}')
+                return
+            if url.path == "/v1/usage-metrics" and lapi.usage_status != 404:
+                lapi.usage_posts.append(json.loads(body))
+                self._send(lapi.usage_status, b"")
+                return
+            self._send(404, b'{"message":"not found"}')
 
         def _send(self, status: int, body: bytes) -> None:
             self.send_response(status)

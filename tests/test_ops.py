@@ -136,3 +136,41 @@ def test_check_and_lookup(fake_lapi: tuple[FakeLapi, str]) -> None:
     assert lapi.count("/v1/decisions/stream") == 0  # never touches the stream cursor
     result = run_tool("check", url="http://127.0.0.1:9/")
     assert result.returncode == 1 and "unreachable" in result.stdout
+
+
+def test_usage_metrics_payload_follows_the_lapi_contract(fake_lapi) -> None:
+    from crowdsec_milter.lapi import LapiClient
+    from crowdsec_milter.source import StreamSource
+    from crowdsec_milter.tally import Tally
+    from crowdsec_milter.usage import UsagePusher
+
+    lapi, url = fake_lapi
+    lapi.add("203.0.113.7")
+    client = LapiClient(url, "test-key", 2.0)
+    source = StreamSource(client, 10.0)
+    assert source.pull_once()
+    tally = Tally()
+    for _ in range(5):
+        tally.inc("sessions")
+    tally.inc("blocked", "ban", "crowdsec", "connect", "reject", n=2)
+    tally.inc("blocked", "ban", "crowdsec", "connect", "none")  # dry run: not dropped
+    pusher = UsagePusher(client, tally, source, interval=60)
+    assert pusher.push_once()
+    doc = lapi.usage_posts[-1]
+    (component,) = doc["remediation_components"]
+    assert component["type"] == "crowdsec-milter" and component["feature_flags"] == []
+    (window,) = component["metrics"]
+    assert window["meta"]["window_size_seconds"] == 60
+    items = {(i["name"], tuple(sorted(i.get("labels", {}).items()))): i for i in window["items"]}
+    assert all("unit" in i for i in window["items"])
+    assert items[("dropped", (("origin", "crowdsec"), ("remediation", "ban")))]["value"] == 2
+    assert items[("processed", ())]["value"] == 5
+    assert items[("active_decisions", ())]["value"] == 1
+    tally.inc("sessions")
+    assert pusher.push_once()
+    items = {i["name"]: i for i in lapi.usage_posts[-1]["remediation_components"][0]
+             ["metrics"][0]["items"]}
+    assert items["processed"]["value"] == 1 and "dropped" not in items  # per window
+    lapi.usage_status = 404
+    assert not pusher.push_once() and pusher.unsupported
+    client.close()
