@@ -7,13 +7,16 @@ in the `X-Api-Key` header and never appears in an error text.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from . import __version__
+from .jsonstream import StreamFormatError, iter_arrays
 
 USER_AGENT = f"crowdsec-milter/{__version__}"
 
@@ -67,8 +70,10 @@ class LapiClient:
     def close(self) -> None:
         self._http.close()
 
-    def _get(self, path: str, params: dict[str, str], timeout: float) -> Any:
-        """GET a JSON document, reading at most max_bytes of it."""
+    @contextlib.contextmanager
+    def _open(self, path: str, params: dict[str, str], timeout: float) -> Iterator[Iterator[bytes]]:
+        """GET path; yields an iterator over the body's chunks, at most max_bytes of them.
+        Every transport failure, here or while iterating, becomes a LapiError."""
         try:
             with self._http.stream(
                 "GET", self._base + path, params=params, timeout=timeout
@@ -77,21 +82,24 @@ class LapiClient:
                     raise LapiError("auth", "LAPI refused the API key (403 access forbidden)")
                 if response.status_code != 200:
                     raise LapiError("http", f"LAPI answered HTTP {response.status_code}")
-                chunks: list[bytes] = []
-                size = 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > self._max_bytes:
-                        raise LapiError(
-                            "too_large", f"LAPI answer exceeds {self._max_bytes} bytes"
-                        )
-                    chunks.append(chunk)
+                yield self._capped(response.iter_bytes())
         except httpx.TimeoutException as exc:
             raise LapiError("timeout", f"LAPI did not answer within {timeout:g}s") from exc
         except httpx.HTTPError as exc:
             raise LapiError("connect", f"LAPI unreachable: {type(exc).__name__}: {exc}") from exc
-        body = b"".join(chunks)
-        del chunks
+
+    def _capped(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        size = 0
+        for chunk in chunks:
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise LapiError("too_large", f"LAPI answer exceeds {self._max_bytes} bytes")
+            yield chunk
+
+    def _get(self, path: str, params: dict[str, str], timeout: float) -> Any:
+        """GET a JSON document, reading at most max_bytes of it."""
+        with self._open(path, params, timeout) as chunks:
+            body = b"".join(chunks)
         try:
             return json.loads(body)
         except ValueError as exc:
@@ -118,20 +126,24 @@ class LapiClient:
 
     def stream(self, startup: bool) -> StreamAnswer:
         """One pull of /v1/decisions/stream; `startup` asks for every active decision."""
+        lists: dict[str, list[Any]] = {"new": [], "deleted": []}
+        for key, item in self.stream_items(startup):
+            lists[key].append(item)
+        return StreamAnswer(new=lists["new"], deleted=lists["deleted"])
+
+    def stream_items(self, startup: bool) -> Iterator[tuple[str, Any]]:
+        """One pull, as ("new" | "deleted", decision) pairs read while the body arrives,
+        so a startup answer with a million decisions is never held whole in memory.
+        Raises LapiError, possibly after some pairs were given: use them only at the end."""
         params = {"startup": "true" if startup else "false"}
         timeout = self._startup_timeout if startup else self._timeout
-        doc = self._get("v1/decisions/stream", params, timeout)
-        if not isinstance(doc, dict):
-            raise LapiError("decode", f"stream answer is a {type(doc).__name__}, not an object")
-        lists = []
-        for key in ("new", "deleted"):
-            value = doc.get(key)
-            if value is None:
-                value = []
-            if not isinstance(value, list):
-                raise LapiError("decode", f"stream answer's {key!r} is a {type(value).__name__}")
-            lists.append(value)
-        return StreamAnswer(new=lists[0], deleted=lists[1])
+        with self._open("v1/decisions/stream", params, timeout) as chunks:
+            try:
+                for key, item in iter_arrays(chunks):
+                    if key in ("new", "deleted"):
+                        yield key, item
+            except StreamFormatError as exc:
+                raise LapiError("decode", f"stream answer is not usable: {exc}") from exc
 
     def query(self, ip: str) -> list[Any]:
         """The decisions LAPI holds on one address (Ranges covering it included)."""

@@ -41,25 +41,39 @@ class PullStats:
     errors: dict[str, int] = field(default_factory=dict)
 
 
-def _build(items: list[Any], now: float, into: DecisionIndex, stats: PullStats) -> int:
+class _Counter:
+    """Unusable decisions in one answer: counted, and the first one named in the log."""
+
+    def __init__(self) -> None:
+        self.bad = 0
+        self.first = ""
+
+    def report(self, stats: PullStats) -> None:
+        if self.bad:
+            stats.bad_decisions += self.bad
+            log.warning("skipped %d unusable decision(s) from LAPI; first: %s",
+                        self.bad, self.first)
+
+
+def _add(item: Any, now: float, into: DecisionIndex, count: _Counter) -> None:
+    try:
+        parsed = parse_decision(item, now)
+    except DecisionError as exc:
+        count.bad += 1
+        count.first = count.first or str(exc)
+        return
+    if parsed is None:
+        log.debug("ignoring decision with scope %r", item.get("scope"))
+        return
+    into.add(*parsed)
+
+
+def _build(items: list[Any], now: float, into: DecisionIndex, stats: PullStats) -> None:
     """Add each usable decision to the index; count and log (once per answer) the rest."""
-    bad = 0
-    first_bad = ""
+    count = _Counter()
     for item in items:
-        try:
-            parsed = parse_decision(item, now)
-        except DecisionError as exc:
-            bad += 1
-            first_bad = first_bad or str(exc)
-            continue
-        if parsed is None:
-            log.debug("ignoring decision with scope %r", item.get("scope"))
-            continue
-        into.add(*parsed)
-    if bad:
-        stats.bad_decisions += bad
-        log.warning("skipped %d unusable decision(s) from LAPI; first: %s", bad, first_bad)
-    return bad
+        _add(item, now, into, count)
+    count.report(stats)
 
 
 class StreamSource:
@@ -110,7 +124,16 @@ class StreamSource:
         startup = self._need_startup or now - self._last_startup >= self._resync_interval
         self.stats.pulls += 1
         try:
-            answer = self._client.stream(startup)
+            if startup:
+                log.info("stream resync: pulling every active decision")
+                fresh = DecisionIndex()
+                count = _Counter()
+                # built while the answer arrives; swapped in only once it is all good
+                for key, item in self._client.stream_items(True):
+                    if key == "new":
+                        _add(item, now, fresh, count)
+            else:
+                answer = self._client.stream(False)
         except LapiError as exc:
             self.stats.failures += 1
             self.stats.errors[exc.kind] = self.stats.errors.get(exc.kind, 0) + 1
@@ -122,8 +145,7 @@ class StreamSource:
             return False
         now = self._clock()
         if startup:
-            fresh = DecisionIndex()
-            _build(answer.new, now, fresh, self.stats)
+            count.report(self.stats)
             self._index = fresh  # swapped whole: readers see the old index or the new one
             self._last_startup = now
             self._need_startup = False
