@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from crowdsec_milter.jsonstream import StreamFormatError, iter_arrays
 from hypothesis import given
 from hypothesis import strategies as st
-
-from crowdsec_milter.jsonstream import StreamFormatError, iter_arrays
 
 
 def chunked(data: bytes, size: int) -> list[bytes]:
@@ -36,7 +35,7 @@ def test_matches_json_loads_for_any_chunking(doc: dict, size: int, indent: int |
 def test_utf8_split_inside_a_character() -> None:
     data = json.dumps({"new": [{"scenario": "é€𝄞" * 10}]}, ensure_ascii=False).encode()
     for size in range(1, 8):
-        assert list(iter_arrays(chunked(data, size)))[0][1]["scenario"] == "é€𝄞" * 10
+        assert next(iter(iter_arrays(chunked(data, size))))[1]["scenario"] == "é€𝄞" * 10
 
 
 def test_number_split_across_chunks() -> None:
