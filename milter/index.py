@@ -12,7 +12,6 @@ half-done.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import socket
 import threading
@@ -61,6 +60,7 @@ def _key(net: Network) -> int:
 _META_BITS = 20
 _META_MASK = (1 << _META_BITS) - 1
 _EXP_MASK = (1 << 44) - 1
+_LOW_MASK = (1 << 64) - 1  # expiry and meta slot, without the id
 Packed = int
 Entry = int | tuple[int, ...]
 
@@ -110,10 +110,14 @@ class DecisionIndex:
 
     def _unpack(self, packed: int, family: int, plen: int, key: int) -> Decision:
         dtype, scope, origin, scenario = self._metas[packed & _META_MASK]
-        bits = 32 if family == 4 else 128
-        address = ipaddress.ip_address(key << (bits - plen)) if family == 6 else \
-            ipaddress.IPv4Address(key << (bits - plen))
-        value = str(address) if plen == bits and scope == "Ip" else f"{address}/{plen}"
+        if family == 4:
+            address = socket.inet_ntop(socket.AF_INET, (key << (32 - plen)).to_bytes(4, "big"))
+            full = plen == 32
+        else:
+            address = socket.inet_ntop(socket.AF_INET6,
+                                       (key << (128 - plen)).to_bytes(16, "big"))
+            full = plen == 128
+        value = address if full and scope == "Ip" else f"{address}/{plen}"
         return Decision(packed >> 64, dtype, scope, value, origin, scenario, _expiry(packed))
 
     def add(self, decision: Decision, net: Network) -> None:
@@ -161,14 +165,14 @@ class DecisionIndex:
     def lookup(self, family: int, number: int, now: float) -> list[Decision]:
         """Unexpired decisions covering the address, most severe first, longest-lived first."""
         found: list[Decision] = []
-        limit = int(now * 10.0)
+        limit = int(now * 10.0) << _META_BITS | _META_MASK  # packed > limit: not expired
         for shift, plen, table in self._probes[family]:
             key = number >> shift
             entry = table.get(key)
             if entry is None:
                 continue
-            for packed in _packs(entry):
-                if (packed >> _META_BITS) & _EXP_MASK > limit:
+            for packed in (entry,) if entry.__class__ is int else entry:  # type: ignore[union-attr]
+                if packed & _LOW_MASK > limit:
                     decision = self._unpack(packed, family, plen, key)
                     if decision.expires > now:
                         found.append(decision)

@@ -79,6 +79,8 @@ class Mta:
 
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        # Commands the milter does not answer (no-reply) must not wait on Nagle + delayed ACK.
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.conn = MilterConnection(self.sock)
         # Offer every action, and no protocol bit that would hide a reply from us.
         self.conn.optneg_mta(actions=c.SMFI_V6_ACTS, protocol=c.SMFI_V6_PROT, strict=False)

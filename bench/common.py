@@ -1,0 +1,105 @@
+"""Shared pieces of the benchmarks: decision sets, a LAPI blob server, RSS readings."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+def decisions(n_ip: int, n_range: int, seed: int = 7) -> list[dict[str, Any]]:
+    """n_ip Ip decisions (90% IPv4) and n_range Range decisions (v4 /16-/28, v6 /32-/64),
+    shaped like a community blocklist: few scenarios, durations with fractions."""
+    rnd = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    scenarios = ["crowdsecurity/ssh-bf", "crowdsecurity/postfix-spam",
+                 "crowdsecurity/http-probing", "crowdsec-milter/dictionary-attack"]
+    for i in range(n_ip):
+        if rnd.random() < 0.9:
+            value = ".".join(str(rnd.randint(1, 254)) for _ in range(4))
+        else:
+            value = "2001:db8:%x:%x::%x" % (rnd.getrandbits(16), rnd.getrandbits(16),
+                                            rnd.getrandbits(16))
+        out.append(_d(i, "Ip", value, rnd, scenarios))
+    for j in range(n_range):
+        if rnd.random() < 0.8:
+            plen = rnd.randint(16, 28)
+            base = rnd.getrandbits(32) >> (32 - plen) << (32 - plen)
+            value = "%d.%d.%d.%d/%d" % (base >> 24, base >> 16 & 255, base >> 8 & 255,
+                                        base & 255, plen)
+        else:
+            value = "2001:db8:%x::/48" % rnd.getrandbits(16)
+        out.append(_d(n_ip + j, "Range", value, rnd, scenarios))
+    return out
+
+
+def _d(i: int, scope: str, value: str, rnd: random.Random, scenarios: list[str]) -> dict:
+    return {"id": i + 1, "origin": "CAPI", "type": "ban", "scope": scope, "value": value,
+            "duration": f"{rnd.randint(1, 167)}h{rnd.randint(0, 59)}m{rnd.random() * 60:.3f}s",
+            "scenario": rnd.choice(scenarios), "simulated": False}
+
+
+def stream_body(items: list[dict[str, Any]]) -> bytes:
+    return json.dumps({"deleted": None, "new": items}).encode()
+
+
+class BlobLapi:
+    """Serves one prepared stream answer, and `?ip=` answers counted, on loopback."""
+
+    def __init__(self, body: bytes, key: str = "bench-key") -> None:
+        self.body = body
+        self.live_requests = 0
+        lapi = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.headers.get("X-Api-Key") != key:
+                    self._send(403, b'{"message":"access forbidden"}')
+                elif self.path.startswith("/v1/decisions/stream"):
+                    self._send(200, lapi.body)
+                elif self.path.startswith("/v1/decisions"):
+                    lapi.live_requests += 1
+                    self._send(200, b"null")
+                else:
+                    self._send(404, b"{}")
+
+            def _send(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * 4096 / 1e6
+
+
+def peak_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1e3
+    return 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

@@ -1,0 +1,254 @@
+"""crowdsec-milter benchmarks: each figure measured side by side in one run, alternating
+the configurations, median of several rounds. Prints a table; never asserts a time.
+
+usage: bench/run.py [--smoke] [--only index,pull,live,latency,postfix]
+Run from the repo with the project's venv: .venv/bin/python bench/run.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent / "tests"))  # the wire client shared with the tests
+
+from common import BlobLapi, decisions, percentile, stream_body  # noqa: E402
+
+ROWS: list[tuple[str, str, str, str]] = []
+
+
+def row(figure: str, ours: str, other: str, note: str) -> None:
+    ROWS.append((figure, ours, other, note))
+    print(f"  {figure}: ours {ours} | other {other} | {note}", flush=True)
+
+
+def bench_index(n_ip: int, n_range: int, probes: int, rounds: int) -> None:
+    from crowdsec_milter.decisions import parse_decision
+    from crowdsec_milter.index import DecisionIndex, address_key
+
+    items = decisions(n_ip, n_range)
+    ours = DecisionIndex()
+    for item in items:
+        parsed = parse_decision(item, time.monotonic())
+        assert parsed is not None
+        ours.add(*parsed)
+    theirs = None
+    try:
+        from pycrowdsec.cache import Cache
+
+        theirs = Cache()
+        for item in items:
+            theirs.insert(item["value"], item["type"])
+    except ImportError:
+        print("  pycrowdsec not installed: peer column left empty")
+    rnd = random.Random(3)
+    hits = [rnd.choice(items)["value"].split("/")[0] for _ in range(probes // 2)]
+    misses = [f"198.18.{rnd.randint(0, 255)}.{rnd.randint(0, 255)}" for _ in range(probes // 2)]
+    now = time.monotonic()
+    pc = time.perf_counter_ns
+
+    def ours_one(ip: str) -> None:
+        key = address_key(ip)
+        ours.lookup(key[0], key[1], now)  # type: ignore[index]
+
+    results: dict[str, dict[str, list[float]]] = {"ours": {}, "peer": {}}
+    for _ in range(rounds):
+        for name, fn in (("ours", ours_one), ("peer", theirs.get if theirs else None)):
+            if fn is None:
+                continue
+            for kind, ips in (("hit", hits), ("miss", misses)):
+                times = []
+                for ip in ips:
+                    t0 = pc()
+                    fn(ip)
+                    times.append((pc() - t0) / 1000)
+                results[name].setdefault(kind, []).extend(times)
+    for kind in ("hit", "miss"):
+        o = results["ours"][kind]
+        p = results["peer"].get(kind)
+        row(f"index lookup {kind}, {n_ip + n_range:,} decisions (median / p99 µs)",
+            f"{statistics.median(o):.2f} / {percentile(o, 0.99):.2f}",
+            f"{statistics.median(p):.2f} / {percentile(p, 0.99):.2f}" if p else "-",
+            "address text to verdict list; peer = pycrowdsec Cache" +
+            (f"; ratio {statistics.median(p) / statistics.median(o):.1f}x" if p else ""))
+
+
+def bench_pull(n_ip: int, n_range: int, rounds: int) -> None:
+    lapi = BlobLapi(stream_body(decisions(n_ip, n_range)))
+    got: dict[str, list[dict]] = {"ours": [], "pycrowdsec": []}
+    for _ in range(rounds):
+        for which in got:
+            out = subprocess.run([sys.executable, str(HERE / "pull.py"), which, lapi.url],
+                                 capture_output=True, text=True, timeout=600)
+            if out.returncode != 0:
+                print(f"  {which} pull failed: {out.stderr.strip().splitlines()[-1:]}")
+                continue
+            got[which].append(json.loads(out.stdout))
+    lapi.close()
+
+    def med(which: str, field: str) -> float:
+        return statistics.median(r[field] for r in got[which]) if got[which] else float("nan")
+
+    n = n_ip + n_range
+    row(f"startup pull to first lookup, {n:,} decisions (s)", f"{med('ours', 'seconds'):.2f}",
+        f"{med('pycrowdsec', 'seconds'):.2f}", "LAPI answer served locally")
+    row(f"steady RSS for {n:,} decisions (MB)", f"{med('ours', 'steady_mb'):.0f}",
+        f"{med('pycrowdsec', 'steady_mb'):.0f}", "RSS after pull minus RSS before")
+    row(f"peak RSS during the pull (MB, x steady)",
+        f"{med('ours', 'peak_mb'):.0f} ({med('ours', 'peak_mb') / med('ours', 'steady_mb'):.2f}x)",
+        f"{med('pycrowdsec', 'peak_mb'):.0f}", "high-water mark minus RSS before")
+
+
+def bench_live(sessions: int, addresses: int) -> None:
+    from crowdsec_milter.index import address_key
+    from crowdsec_milter.lapi import LapiClient
+    from crowdsec_milter.source import LiveSource
+
+    lapi = BlobLapi(b"{}")
+    source = LiveSource(LapiClient(lapi.url, "bench-key", 2.0), 60.0, timeout=2.0)
+    ips = [f"10.{i // 256 % 256}.{i % 256}.1" for i in range(addresses)]
+    order = [ips[i % addresses] for i in range(sessions)]
+    random.Random(5).shuffle(order)
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not order:
+                    return
+                ip = order.pop()
+            key = address_key(ip)
+            source.lookup(key[0], key[1], ip)  # type: ignore[index]
+
+    threads = [threading.Thread(target=worker) for _ in range(32)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    row(f"live mode: LAPI requests for {sessions:,} sessions from {addresses:,} addresses",
+        f"{lapi.live_requests:,}", f"{sessions:,} (no cache)",
+        f"32 threads, --cache-ttl 60, {time.monotonic() - started:.1f} s")
+    lapi.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def bench_latency(n_decisions: int, sessions: int, rounds: int) -> None:
+    from milter_process import Mta
+
+    items = decisions(n_decisions, 0)
+    banned = items[0]["value"]
+    lapi = BlobLapi(stream_body(items))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    key = tmp / "key"
+    key.write_text("bench-key")
+    key.chmod(0o600)
+    exe = str(Path(sys.executable).parent / "crowdsec-milter")
+    ours_port, noop_port = _free_port(), _free_port()
+    procs = [
+        subprocess.Popen([exe, "--socket", f"inet:{ours_port}@127.0.0.1", "--lapi-url",
+                          lapi.url, "--api-key-file", str(key), "--event-log", "none",
+                          "--log-level", "warning"]),
+        subprocess.Popen([sys.executable, str(HERE / "noop_milter.py"),
+                          f"inet:{noop_port}@127.0.0.1"]),
+    ]
+    try:
+        _wait_port(ours_port)
+        _wait_port(noop_port)
+        time.sleep(1.0 + n_decisions / 200_000)  # let the startup pull finish
+
+        def session(port: int, ip: str) -> float:
+            t0 = time.perf_counter()
+            mta = Mta(port)
+            verdict = mta.connect(ip)[0]
+            if verdict in ("continue", "noreply"):
+                mta.helo("client.example")
+                mta.mail("<a@example.net>")
+                mta.rcpt("<bob@example.org>")
+                mta.data()
+            elapsed = time.perf_counter() - t0
+            mta.close()
+            return elapsed * 1000
+
+        for label, ip in (("hit (banned)", banned), ("miss (clean)", "192.0.2.1")):
+            res: dict[int, list[float]] = {ours_port: [], noop_port: []}
+            for _ in range(rounds):
+                for port in (ours_port, noop_port):
+                    res[port].extend(session(port, ip) for _ in range(sessions))
+            o, n = res[ours_port], res[noop_port]
+            row(f"per-session latency, {label} (p50 / p99 ms)",
+                f"{statistics.median(o):.3f} / {percentile(o, 0.99):.3f}",
+                f"{statistics.median(n):.3f} / {percentile(n, 0.99):.3f}",
+                f"other = do-nothing pymilter; p99 added "
+                f"{percentile(o, 0.99) - percentile(n, 0.99):+.3f} ms")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+        lapi.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: proves the scripts run")
+    parser.add_argument("--only", default="index,pull,live,latency,postfix")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    big = not args.smoke
+    print(f"crowdsec-milter benchmarks on {os.cpu_count()} cores, "
+          f"{'full' if big else 'smoke'} sizes", flush=True)
+    if "index" in only:
+        bench_index(1_000_000 if big else 5_000, 50_000 if big else 500,
+                    100_000 if big else 2_000, 3 if big else 1)
+    if "pull" in only:
+        bench_pull(1_000_000 if big else 5_000, 50_000 if big else 500, 3 if big else 1)
+    if "live" in only:
+        bench_live(10_000 if big else 500, 1_000 if big else 50)
+    if "latency" in only:
+        bench_latency(100_000 if big else 1_000, 500 if big else 20, 3 if big else 1)
+    if "postfix" in only:
+        try:
+            from postfix_bench import bench_postfix
+        except ImportError as exc:
+            print(f"  postfix throughput: not available ({exc})")
+        else:
+            bench_postfix(ROWS, smoke=not big)
+    print()
+    print("| figure | crowdsec-milter | other | how |")
+    print("|---|---|---|---|")
+    for figure, ours, other, note in ROWS:
+        print(f"| {figure} | {ours} | {other} | {note} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
