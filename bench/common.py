@@ -20,17 +20,16 @@ def decisions(n_ip: int, n_range: int, seed: int = 7) -> list[dict[str, Any]]:
         if rnd.random() < 0.9:
             value = ".".join(str(rnd.randint(1, 254)) for _ in range(4))
         else:
-            value = "2001:db8:%x:%x::%x" % (rnd.getrandbits(16), rnd.getrandbits(16),
-                                            rnd.getrandbits(16))
+            a, b, c = (rnd.getrandbits(16) for _ in range(3))
+            value = f"2001:db8:{a:x}:{b:x}::{c:x}"
         out.append(_d(i, "Ip", value, rnd, scenarios))
     for j in range(n_range):
         if rnd.random() < 0.8:
             plen = rnd.randint(16, 28)
             base = rnd.getrandbits(32) >> (32 - plen) << (32 - plen)
-            value = "%d.%d.%d.%d/%d" % (base >> 24, base >> 16 & 255, base >> 8 & 255,
-                                        base & 255, plen)
+            value = f"{base >> 24}.{base >> 16 & 255}.{base >> 8 & 255}.{base & 255}/{plen}"
         else:
-            value = "2001:db8:%x::/48" % rnd.getrandbits(16)
+            value = f"2001:db8:{rnd.getrandbits(16):x}::/48"
         out.append(_d(n_ip + j, "Range", value, rnd, scenarios))
     return out
 

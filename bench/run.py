@@ -107,7 +107,7 @@ def bench_pull(n_ip: int, n_range: int, rounds: int) -> None:
         f"{med('pycrowdsec', 'seconds'):.2f}", "LAPI answer served locally")
     row(f"steady RSS for {n:,} decisions (MB)", f"{med('ours', 'steady_mb'):.0f}",
         f"{med('pycrowdsec', 'steady_mb'):.0f}", "RSS after pull minus RSS before")
-    row(f"peak RSS during the pull (MB, x steady)",
+    row("peak RSS during the pull (MB, x steady)",
         f"{med('ours', 'peak_mb'):.0f} ({med('ours', 'peak_mb') / med('ours', 'steady_mb'):.2f}x)",
         f"{med('pycrowdsec', 'peak_mb'):.0f}", "high-water mark minus RSS before")
 

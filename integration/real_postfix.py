@@ -9,8 +9,8 @@ accepted mail goes to the discard transport. Several instances run side by side.
 from __future__ import annotations
 
 import shutil
-import stat
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -203,7 +203,7 @@ def session(port: int, client_ip: str, *, helo: str = "client.example",
         # rejected the connection (Postfix then refuses the commands that follow).
         code, text = smtp.cmd(f"XCLIENT ADDR={addr} NAME={name}".encode())
         t.replies.append(("XCLIENT", code, text))
-        if code in (421, 0) or code // 100 == 5 and "XCLIENT" in text:
+        if code in (421, 0) or (code // 100 == 5 and "XCLIENT" in text):
             return t
         step("EHLO", b"EHLO " + helo.encode())
         raw_from = mail_from if isinstance(mail_from, bytes) else mail_from.encode()
@@ -215,9 +215,8 @@ def session(port: int, client_ip: str, *, helo: str = "client.example",
             raw = rcpt if isinstance(rcpt, bytes) else rcpt.encode()
             if step("RCPT " + raw.decode("utf-8", "replace"), b"RCPT TO:<" + raw + b">") < 300:
                 accepted += 1
-        if data and accepted:
-            if step("DATA", b"DATA") == 354:
-                step("<message>", b"Subject: test\r\n\r\nhello\r\n.")
+        if data and accepted and step("DATA", b"DATA") == 354:
+            step("<message>", b"Subject: test\r\n\r\nhello\r\n.")
         step("QUIT", b"QUIT")
     except (ConnectionError, OSError):
         t.closed = True
