@@ -53,6 +53,9 @@ class CrowdSec:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         if not (self.etc / "patterns").exists():
             shutil.copytree("/etc/crowdsec/patterns", self.etc / "patterns")
+        index = self.dir / "hub" / ".index.json"
+        if not index.exists():  # the agent insists on a hub index: Debian ships one offline
+            index.symlink_to(HUB / ".index.json")
         tls = ""
         if self.tls:
             tls = (f"    tls:\n      cert_file: {self.tls['cert']}\n"
@@ -160,6 +163,20 @@ on_success: break
             self._check_alive()
             time.sleep(0.1)
         raise RuntimeError("agent did not start:\n" + self.log_tail())
+
+    def replay(self, lines_file: Path, timeout: float = 60.0) -> str:
+        """Run the agent once over a recorded event log (replay mode) against this running
+        LAPI, with the shipped content; returns the agent's output."""
+        self.install_content(lines_file)
+        out = subprocess.run(
+            ["crowdsec", "-c", str(self.cfg), "-dsn", f"file://{lines_file}",
+             "-type", "crowdsec-milter", "-no-api"],
+            capture_output=True, text=True, timeout=timeout, cwd=self.dir)
+        text = out.stdout + out.stderr + (self.log.read_text(errors="replace")
+                                          if self.log.exists() else "")
+        if out.returncode != 0:
+            raise RuntimeError(f"replay failed ({out.returncode}):\n{text[-3000:]}")
+        return text
 
     def _fix_creds_url(self) -> None:
         creds = self.etc / "local_api_credentials.yaml"

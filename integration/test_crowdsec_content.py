@@ -1,0 +1,84 @@
+"""The shipped CrowdSec content (conf/crowdsec) on its own: recorded event lines replayed
+through a real CrowdSec (replay mode) with our parser and scenarios, alerts asserted."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from real_crowdsec import CrowdSec
+
+from crowdsec_milter.events import format_event
+
+pytestmark = pytest.mark.integration
+
+UNKNOWN = ("5.1.1", "Recipient address rejected: User unknown in local recipient table")
+RELAY = ("5.7.1", "Relay access denied")
+
+
+def line(ip: str, rcpt: str, kind: tuple[str, str], at: float) -> str:
+    return format_event("rcpt_rejected", {
+        "client_ip": ip, "client_name": "unknown", "helo": "probe", "mail_from": "<x@y>",
+        "rcpt": rcpt, "status": kind[0], "reason": kind[1], "queue_id": "", "mta": "mx1"}, at)
+
+
+def replay(tmp_path: Path, lines: list[str]) -> dict[str, set[str]]:
+    """Scenario names that fired, by source address."""
+    log = tmp_path / "events.log"
+    log.write_text("".join(lines))
+    cs = CrowdSec(tmp_path / "cs").start()
+    try:
+        cs.replay(log)
+        deadline = time.monotonic() + 5
+        fired: dict[str, set[str]] = {}
+        while time.monotonic() < deadline:
+            fired = {}
+            for alert in cs.alerts():
+                fired.setdefault(alert["source"]["value"], set()).add(alert["scenario"])
+            if fired:
+                break
+            time.sleep(0.3)
+        return fired
+    finally:
+        cs.stop()
+
+
+def test_dictionary_attacks_and_relay_probes_are_detected(tmp_path: Path) -> None:
+    t = time.time() - 7200
+    lines = []
+    # fast harvester: 20 distinct unknown users in 20 seconds
+    lines += [line("198.51.100.7", f"<guess{i}@example.org>", UNKNOWN, t + i) for i in range(20)]
+    # slow harvester: 60 distinct unknown users, one a minute
+    lines += [line("198.51.100.8", f"<slow{i}@example.org>", UNKNOWN, t + 60 * i)
+              for i in range(60)]
+    # relay prober: 6 foreign recipients
+    lines += [line("198.51.100.9", f"<victim{i}@foreign{i}.net>", RELAY, t + 5 * i)
+              for i in range(6)]
+    # a legitimate sender with typos and a stale list: few distinct misses, retried often
+    lines += [line("192.0.2.50", f"<old{i % 3}@example.org>", UNKNOWN, t + 30 * i)
+              for i in range(30)]
+    # a phone without SMTP AUTH retrying its one foreign recipient
+    lines += [line("192.0.2.51", "<friend@foreign.net>", RELAY, t + 60 * i) for i in range(10)]
+    lines.sort(key=lambda x: x[9:36])  # by time, as an event log is
+    fired = replay(tmp_path, lines)
+    assert "crowdsec-milter/dictionary-attack" in fired.get("198.51.100.7", set())
+    assert "crowdsec-milter/dictionary-attack-slow" in fired.get("198.51.100.8", set())
+    assert "crowdsec-milter/dictionary-attack" not in fired.get("198.51.100.8", set())
+    assert fired.get("198.51.100.9") == {"crowdsec-milter/relay-probe"}
+    assert "192.0.2.50" not in fired and "192.0.2.51" not in fired
+
+
+def test_hostile_recipients_cannot_frame_another_address(tmp_path: Path) -> None:
+    t = time.time() - 600
+    hostile = [
+        '<x","client_ip":"192.0.2.99@example.org>',
+        '<x\\",\\"client_ip\\":\\"192.0.2.99@example.org>',
+        "<a\r\n{\"event\":\"rcpt_rejected\",\"client_ip\":\"192.0.2.99\"}@example.org>",
+        "<192.0.2.99@example.org>",
+    ]
+    lines = [line("198.51.100.20", f"{h[:-1]}{i}>", UNKNOWN, t + i)
+             for i in range(20) for h in hostile[i % 4: i % 4 + 1]]
+    fired = replay(tmp_path, lines)
+    assert "192.0.2.99" not in fired
+    assert "crowdsec-milter/dictionary-attack" in fired.get("198.51.100.20", set())
