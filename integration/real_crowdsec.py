@@ -127,8 +127,7 @@ on_success: break
             for f in files:
                 shutil.copy(f, target / f.name)
         (self.etc / "acquis.yaml").write_text(
-            f"filenames:\n  - {acquis_file}\nlabels:\n  type: crowdsec-milter\n"
-            "poll_without_inotify: true\n")
+            f"filenames:\n  - {acquis_file}\nlabels:\n  type: crowdsec-milter\n")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -145,7 +144,18 @@ on_success: break
             args.append("-no-cs")
         self._spawn(args)
         self.wait_health()
+        if acquis is not None:
+            self._wait_agent()
         return self
+
+    def _wait_agent(self) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.log.exists() and "Starting processing data" in self.log.read_text():
+                return
+            self._check_alive()
+            time.sleep(0.1)
+        raise RuntimeError("agent did not start:\n" + self.log_tail())
 
     def agent_only(self, lapi: CrowdSec, acquis: Path) -> CrowdSec:
         """An agent with no LAPI of its own, registered on and feeding `lapi`."""
@@ -156,13 +166,8 @@ on_success: break
                    "-f", str(self.etc / "local_api_credentials.yaml"))
         self._fix_creds_url()
         self._spawn(["crowdsec", "-c", str(self.cfg), "-no-api"])
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.log.exists() and "Starting processing data" in self.log.read_text():
-                return self
-            self._check_alive()
-            time.sleep(0.1)
-        raise RuntimeError("agent did not start:\n" + self.log_tail())
+        self._wait_agent()
+        return self
 
     def replay(self, lines_file: Path, timeout: float = 60.0) -> str:
         """Run the agent once over a recorded event log (replay mode) against this running

@@ -7,9 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from real_crowdsec import CrowdSec
-
 from crowdsec_milter.events import format_event
+from real_crowdsec import CrowdSec
 
 pytestmark = pytest.mark.integration
 
