@@ -143,7 +143,8 @@ def test_two_mta_nodes_share_one_lapi(tmp_path: Path, capsys) -> None:
         took = wait_rejected(node_a, attacker, timeout=25)
         assert took is not None, agent_b.log_tail()
         with capsys.disabled():
-            print(f"\n  two nodes: probes on B to rejection on A {time.monotonic() - started:.1f} s")
+            took = time.monotonic() - started
+            print(f"\n  two nodes: probes on B to rejection on A {took:.1f} s")
         assert node_b.rejected(attacker)
         assert not any(e["event"] == "rcpt_rejected" for e in node_a.events())
     finally:
