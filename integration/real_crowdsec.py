@@ -61,6 +61,7 @@ class CrowdSec:
             tls = (f"    tls:\n      cert_file: {self.tls['cert']}\n"
                    f"      key_file: {self.tls['key']}\n"
                    f"      ca_cert_path: {self.tls['ca']}\n"
+                   f"      client_verification: VerifyClientCertIfGiven\n"
                    f"      bouncers_allowed_ou: [bouncer-ou]\n"
                    f"      agents_allowed_ou: [agent-ou]\n")
         self.cfg.write_text(f"""common:
@@ -92,7 +93,7 @@ db_config:
     max_age: 7d
 api:
   client:
-    insecure_skip_verify: false
+    insecure_skip_verify: {"true" if self.tls else "false"}
     credentials_path: {self.etc}/local_api_credentials.yaml
   server:
     log_level: info
@@ -130,6 +131,11 @@ on_success: break
             f"filenames:\n  - {acquis_file}\nlabels:\n  type: crowdsec-milter\n")
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    def enable_tls(self, cert: Path, key: Path, ca: Path) -> None:
+        """Serve the LAPI over https; client certificates with OU bouncer-ou are bouncers."""
+        self.tls = {"cert": str(cert), "key": str(key), "ca": str(ca)}
+        self.lapi_url = f"https://127.0.0.1:{self.port}/"
 
     def start(self, acquis: Path | None = None) -> CrowdSec:
         """LAPI (and the agent when `acquis` names an event log to read)."""
@@ -201,9 +207,14 @@ on_success: break
         while time.monotonic() < deadline:
             self._check_alive()
             try:
-                with urllib.request.urlopen(self.lapi_url + "health", timeout=1) as r:
-                    if r.status == 200:
-                        return
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    pass
+                if self.tls is None:
+                    with urllib.request.urlopen(self.lapi_url + "health", timeout=1) as r:
+                        if r.status == 200:
+                            return
+                else:
+                    return
             except (OSError, urllib.error.URLError):
                 pass
             time.sleep(0.1)

@@ -40,7 +40,7 @@ class Node:
         workdir.mkdir(parents=True, exist_ok=True)
         key = cs.add_bouncer(name)
         self.milter = MilterProcess(workdir, cs.lapi_url, key, *args)
-        self.milter.start("stream resync" if "live" not in args else None)
+        self.milter.start("decision(s) held" if "live" not in args else None)
         self.postfix = Postfix(workdir / "postfix", f"inet:127.0.0.1:{self.milter.port}").start()
 
     def send(self, ip: str, rcpts: tuple[str, ...] = ("bob@example.org",)) -> Transcript:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -59,10 +60,13 @@ class LapiClient:
         self._timeout = timeout
         self._startup_timeout = startup_timeout or max(timeout, 30.0)
         self._max_bytes = max_bytes
+        context: ssl.SSLContext | bool = verify if isinstance(verify, bool) and not cert else \
+            ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+        if cert and isinstance(context, ssl.SSLContext):
+            context.load_cert_chain(*cert)  # bouncer auth by client certificate
         self._http = httpx.Client(
             headers=headers,
-            verify=verify,
-            cert=cert,
+            verify=context,
             follow_redirects=False,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
         )

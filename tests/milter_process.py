@@ -38,7 +38,7 @@ class MilterProcess:
                      "--log-level", "debug", *args]
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait_ready: str | None = "stream resync") -> MilterProcess:
+    def start(self, wait_ready: str | None = "decision(s) held") -> MilterProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CROWDSEC_MILTER_")}
         self._log = open(self.logfile, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([EXE, *self.args], stdout=self._log, stderr=self._log,

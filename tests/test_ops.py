@@ -19,7 +19,7 @@ def started(tmp_path: Path, fake_lapi: tuple[FakeLapi, str]):
     lapi, url = fake_lapi
     procs: list[MilterProcess] = []
 
-    def start(*args: str, wait: str | None = "stream resync") -> MilterProcess:
+    def start(*args: str, wait: str | None = "decision(s) held") -> MilterProcess:
         proc = MilterProcess(tmp_path, url, "test-key", *args).start(wait)
         procs.append(proc)
         return proc

@@ -18,7 +18,7 @@ def milter(tmp_path: Path, fake_lapi: tuple[FakeLapi, str]):
     lapi, url = fake_lapi
     procs: list[MilterProcess] = []
 
-    def start(*args: str, wait: str | None = "stream resync", key: str = "test-key"):
+    def start(*args: str, wait: str | None = "decision(s) held", key: str = "test-key"):
         proc = MilterProcess(tmp_path, url, key, *args).start(wait)
         procs.append(proc)
         return proc
