@@ -1,0 +1,95 @@
+"""Throughput through a real Postfix: smtp-source (Postfix's own load tool), many parallel
+sessions, a new connection per message with one accepted and one rejected recipient, discard
+transport. No milter vs crowdsec-milter (stream mode, 100k decisions) vs a do-nothing
+pymilter milter that keeps every callback. Rounds alternate the three; medians are reported.
+"""
+
+from __future__ import annotations
+
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "integration"))
+
+from common import BlobLapi, decisions, stream_body  # noqa: E402
+from real_postfix import LOCAL_USERS, Postfix, free_port  # noqa: E402
+
+
+def _wait_port(port: int) -> None:
+    import socket
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def bench_postfix(rows: list, smoke: bool = False) -> None:
+    messages, sessions, rounds = (200, 10, 1) if smoke else (3000, 20, 5)
+    work = Path(tempfile.mkdtemp(prefix="bench-postfix-"))
+    lapi = BlobLapi(stream_body(decisions(1_000 if smoke else 100_000, 0)))
+    key = work / "key"
+    key.write_text("bench-key")
+    key.chmod(0o600)
+    exe = str(Path(sys.executable).parent / "crowdsec-milter")
+    ours_port, noop_port = free_port(), free_port()
+    procs = [
+        # loopback must not be trusted here, or the load tool's sessions would skip the lookup
+        subprocess.Popen([exe, "--socket", f"inet:{ours_port}@127.0.0.1", "--lapi-url",
+                          lapi.url, "--api-key-file", str(key), "--trusted-network",
+                          "192.0.2.255/32", "--event-log", str(work / "events.log"),
+                          "--log-level", "warning"]),
+        subprocess.Popen([sys.executable, str(HERE / "noop_milter.py"),
+                          f"inet:{noop_port}@127.0.0.1"]),
+    ]
+    users = ", ".join(f"{u}=ok" for u in (*LOCAL_USERS, "1bob"))  # 2bob stays unknown
+    extra = {"local_recipient_maps": f"inline:{{{users}}}"}
+    configs = {
+        "none": Postfix(work / "pf-none", None, extra=extra),
+        "crowdsec-milter": Postfix(work / "pf-ours", f"inet:127.0.0.1:{ours_port}", extra=extra),
+        "do-nothing milter": Postfix(work / "pf-noop", f"inet:127.0.0.1:{noop_port}",
+                                     extra=extra),
+    }
+    try:
+        _wait_port(ours_port)
+        _wait_port(noop_port)
+        for pf in configs.values():
+            pf.start()
+        time.sleep(2.0)  # the startup pull of 100k decisions
+        times: dict[str, list[float]] = {name: [] for name in configs}
+        for _ in range(rounds):
+            for name, pf in configs.items():
+                started = time.monotonic()
+                subprocess.run(["smtp-source", "-A", "-s", str(sessions), "-m", str(messages),
+                                "-r", "2", "-f", "sender@example.net", "-t", "bob@example.org",
+                                f"127.0.0.1:{pf.port}"], check=True, timeout=600,
+                               capture_output=True)
+                times[name].append(time.monotonic() - started)
+        base = statistics.median(times["none"])
+        for name in ("crowdsec-milter", "do-nothing milter"):
+            t = statistics.median(times[name])
+            rows.append((f"Postfix throughput, {name} vs no milter (ratio)",
+                         f"{base / t:.2f}" if name == "crowdsec-milter" else "-",
+                         f"{base / t:.2f}" if name != "crowdsec-milter" else "-",
+                         f"smtp-source -s {sessions} -m {messages} -r 2, new connection per "
+                         f"message; medians {t:.2f} s vs {base:.2f} s over {rounds} rounds"))
+            print(f"  {rows[-1]}", flush=True)
+        events = (work / "events.log").read_text().count("\n")
+        print(f"  (crowdsec-milter wrote {events} rcpt_rejected event lines)")
+    finally:
+        for pf in configs.values():
+            pf.stop()
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+        lapi.close()
