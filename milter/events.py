@@ -27,6 +27,7 @@ from typing import Any, TextIO
 log = logging.getLogger("crowdsec_milter.events")
 
 FIELD_LIMIT = 512
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 _SURROGATES = {c: f"\\x{c - 0xDC00:02x}" for c in range(0xDC80, 0xDD00)}
 
 
@@ -60,7 +61,10 @@ def format_event(event: str, fields: dict[str, Any], timestamp: float) -> str:
             record[key] = value
         else:
             record[key] = clean_text(value)
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+    line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    # JSON leaves these raw, but many line readers (Python's splitlines among them) break
+    # lines there: escape them so a line stays a line for every reader.
+    return line.translate(_LINE_BREAKS) + "\n"
 
 
 class _Sink:

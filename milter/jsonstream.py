@@ -38,6 +38,12 @@ class _Reader:
         if self.eof:
             return False
         try:
+            return self._more()
+        except UnicodeDecodeError as exc:
+            raise StreamFormatError(f"not UTF-8: {exc.reason}") from None
+
+    def _more(self) -> bool:
+        try:
             chunk = next(self._chunks)
         except StopIteration:
             self.buf = self.buf[self.pos:] + self._utf8.decode(b"", final=True)
