@@ -162,8 +162,13 @@ class DecisionIndex:
             table[key] = kept if len(kept) > 1 else kept[0]
         return True
 
-    def lookup(self, family: int, number: int, now: float) -> list[Decision]:
-        """Unexpired decisions covering the address, most severe first, longest-lived first."""
+    def lookup(self, family: int, number: int, now: float,
+               complete: bool = True) -> list[Decision]:
+        """Unexpired decisions covering the address, most severe first, longest-lived first.
+
+        With complete=False the search stops at the first ban (longest prefix first): a ban
+        is the most severe type, so the verdict is the same and a hit costs one probe.
+        """
         found: list[Decision] = []
         limit = int(now * 10.0) << _META_BITS | _META_MASK  # packed > limit: not expired
         for shift, plen, table in self._probes[family]:
@@ -175,6 +180,8 @@ class DecisionIndex:
                 if packed & _LOW_MASK > limit:
                     decision = self._unpack(packed, family, plen, key)
                     if decision.expires > now:
+                        if not complete and decision.type == "ban":
+                            return [decision]
                         found.append(decision)
         if len(found) > 1:
             found.sort(key=lambda d: (d.severity, -d.expires))

@@ -74,6 +74,20 @@ def test_several_decisions_on_one_value_are_kept_and_most_severe_wins() -> None:
     assert len(index) == 2
 
 
+def test_incomplete_lookup_stops_at_the_first_ban_with_the_same_verdict() -> None:
+    index = DecisionIndex()
+    add(index, 1, "192.0.2.0/24", type_="captcha", scope="Range")
+    add(index, 2, "192.0.2.1", type_="ban")
+    add(index, 3, "192.0.2.0/16", type_="ban", scope="Range")
+    key = address_key("192.0.2.1")
+    assert [d.id for d in index.lookup(*key, NOW, complete=False)] == [2]  # type: ignore[misc]
+    key = address_key("192.0.2.9")
+    assert [d.id for d in index.lookup(*key, NOW, complete=False)] == [3]  # type: ignore[misc]
+    add(index, 4, "192.0.2.9", type_="captcha")
+    got = index.lookup(*key, NOW, complete=False)  # type: ignore[misc]
+    assert got[0].type == "ban"
+
+
 def test_same_id_replaces_and_unknown_id_is_a_no_op() -> None:
     index = DecisionIndex()
     add(index, 1, "192.0.2.1", duration="1h")
