@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from dataclasses import dataclass
 from typing import NamedTuple
 
 # Severity order: a ban outranks a captcha, which outranks every other type.
@@ -60,8 +59,7 @@ def parse_duration(text: str) -> float:
     return sign * total
 
 
-@dataclass(frozen=True, slots=True)
-class Network:
+class Network(NamedTuple):
     """An address or prefix as integers: family 4 or 6, prefix length, network number."""
 
     family: int
@@ -130,50 +128,36 @@ def _text(item: dict, key: str, limit: int = 256) -> str:
     value = item.get(key)
     if value is None:
         return ""
-    if not isinstance(value, str):
+    if value.__class__ is not str:
         raise DecisionError(f"{key} is not a string: {value!r:.40}")
     return value[:limit]
 
 
-_interned: dict[str, str] = {}
-
-
-def _intern(text: str) -> str:
-    """Share the few distinct type/origin/scenario strings among a million decisions."""
-    if len(_interned) > 100_000:
-        _interned.clear()
-    return _interned.setdefault(text, text)
+_SCOPES = {"ip": "Ip", "range": "Range"}
 
 
 def parse_decision(item: object, now: float) -> tuple[Decision, Network] | None:
     """A decision and its network from one LAPI JSON object, or None for scopes we ignore.
 
     `now` is the monotonic time the answer arrived: LAPI gives durations, never absolute
-    expiry times, so expiry is receipt time plus duration.
+    expiry times, so expiry is receipt time plus duration. This runs once per decision of a
+    startup pull (a million at a time), hence the plain code.
     """
-    if not isinstance(item, dict):
+    if item.__class__ is not dict:
         raise DecisionError(f"decision is not an object: {item!r:.60}")
-    scope = _text(item, "scope").lower()
-    if scope not in ("ip", "range"):
+    scope = _SCOPES.get(_text(item, "scope").lower())  # type: ignore[arg-type]
+    if scope is None:
         return None
-    ident = item.get("id")
-    if isinstance(ident, bool) or not isinstance(ident, int):
+    ident = item.get("id")  # type: ignore[attr-defined]
+    if ident.__class__ is not int:
         raise DecisionError(f"id is not an integer: {ident!r:.40}")
-    dtype = _text(item, "type", 64).lower()
+    dtype = _text(item, "type", 64).lower()  # type: ignore[arg-type]
     if not dtype:
         raise DecisionError("type is missing")
-    value = _text(item, "value", 128)
-    network = parse_network(scope, value)
-    seconds = parse_duration(item.get("duration"))  # type: ignore[arg-type]
+    value = _text(item, "value", 128)  # type: ignore[arg-type]
+    network = parse_network("ip" if scope == "Ip" else "range", value)
+    seconds = parse_duration(item.get("duration"))  # type: ignore[attr-defined]
     if seconds > MAX_DURATION:
-        raise DecisionError(f"duration is absurd: {item.get('duration')!r:.40}")
-    decision = Decision(
-        id=ident,
-        type=_intern(dtype),
-        scope=_intern("Ip" if scope == "ip" else "Range"),
-        value=value,
-        origin=_intern(_text(item, "origin", 64)),
-        scenario=_intern(_text(item, "scenario")),
-        expires=now + seconds,
-    )
-    return decision, network
+        raise DecisionError(f"duration is absurd: {item.get('duration')!r:.40}")  # type: ignore[attr-defined]
+    return Decision(ident, dtype, scope, value, _text(item, "origin", 64),  # type: ignore[arg-type]
+                    _text(item, "scenario"), now + seconds), network  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import socket
 import threading
+from array import array
 from collections.abc import Iterable
 
 from .decisions import Decision, Network
@@ -61,6 +62,17 @@ _META_BITS = 20
 _META_MASK = (1 << _META_BITS) - 1
 _EXP_MASK = (1 << 44) - 1
 _LOW_MASK = (1 << 64) - 1  # expiry and meta slot, without the id
+_ID_LIMIT = 1 << 64  # ids that fit an unsigned 64-bit array slot
+
+
+def _positions(values: array, value: int) -> list[int]:
+    """Indexes of `value` in a small array, found by C-level scans."""
+    found = []
+    i = -1
+    for _ in range(values.count(value)):
+        i = values.index(value, i + 1)
+        found.append(i)
+    return found
 Packed = int
 Entry = int | tuple[int, ...]
 
@@ -85,6 +97,13 @@ class DecisionIndex:
         self._metas: list[tuple[str, str, str, str]] = []
         self._meta_ids: dict[tuple[str, str, str, str], int] = {}
         self._count = 0
+        # IPv4 /32, the bulk of every blocklist, in buckets by the address's top 16 bits:
+        # parallel arrays of the low 16 bits, packed expiry+meta and ids, about 20 bytes a
+        # decision instead of ~130 for a dict entry with its int objects.
+        self._v4: dict[int, tuple[array, array, array]] = {}
+        # False while a fresh index is built privately: arrays may then grow in place.
+        # Once readers can see it, every change replaces a bucket's arrays whole.
+        self.shared = True
 
     def __len__(self) -> int:
         return self._count
@@ -120,8 +139,46 @@ class DecisionIndex:
         value = address if full and scope == "Ip" else f"{address}/{plen}"
         return Decision(packed >> 64, dtype, scope, value, origin, scenario, _expiry(packed))
 
+    def _bucket_put(self, number: int, ident: int, low_pack: int, drop_only: bool) -> int:
+        """Replace (or with drop_only, remove) decision `ident` at an IPv4 address in its
+        bucket, appending low_pack unless drop_only. Returns how many entries went away."""
+        top, low = number >> 16, number & 0xFFFF
+        bucket = self._v4.get(top)
+        if bucket is None:
+            if drop_only:
+                return 0
+            bucket = (array("H"), array("Q"), array("Q"))
+            self._v4[top] = bucket
+        lows, packs, ids = bucket
+        gone = [i for i in _positions(lows, low) if ids[i] == ident]
+        if not self.shared:
+            for i in reversed(gone):
+                del lows[i], packs[i], ids[i]
+            if not drop_only:
+                lows.append(low)
+                packs.append(low_pack)
+                ids.append(ident)
+        else:
+            keep = [i for i in range(len(lows)) if i not in gone]
+            nl = array("H", [lows[i] for i in keep])
+            np_ = array("Q", [packs[i] for i in keep])
+            ni = array("Q", [ids[i] for i in keep])
+            if not drop_only:
+                nl.append(low)
+                np_.append(low_pack)
+                ni.append(ident)
+            self._v4[top] = (nl, np_, ni)
+        if not self._v4[top][0]:
+            del self._v4[top]
+        return len(gone)
+
     def add(self, decision: Decision, net: Network) -> None:
         """Hold one more decision; a decision with an id already held there replaces it."""
+        if net.family == 4 and net.prefixlen == 32 and 0 <= decision.id < _ID_LIMIT:
+            packed = self._pack(decision)
+            self._count += 1 - self._bucket_put(net.number, decision.id, packed & _LOW_MASK,
+                                                False)
+            return
         tables = self._tables[net.family]
         table = tables.get(net.prefixlen)
         if table is None:
@@ -142,6 +199,10 @@ class DecisionIndex:
 
     def remove(self, ident: int, net: Network) -> bool:
         """Drop the decision with this id on this network; the others there stay."""
+        if net.family == 4 and net.prefixlen == 32 and 0 <= ident < _ID_LIMIT:
+            gone = self._bucket_put(net.number, ident, 0, True)
+            self._count -= gone
+            return gone > 0
         table = self._tables[net.family].get(net.prefixlen)
         if not table:
             return False
@@ -171,6 +232,19 @@ class DecisionIndex:
         """
         found: list[Decision] = []
         limit = int(now * 10.0) << _META_BITS | _META_MASK  # packed > limit: not expired
+        if family == 4:
+            bucket = self._v4.get(number >> 16)
+            if bucket is not None:
+                lows, packs, ids = bucket
+                low = number & 0xFFFF
+                if low in lows:
+                    for i in _positions(lows, low):
+                        if packs[i] > limit:
+                            decision = self._unpack(ids[i] << 64 | packs[i], 4, 32, number)
+                            if decision.expires > now:
+                                if not complete and decision.type == "ban":
+                                    return [decision]
+                                found.append(decision)
         for shift, plen, table in self._probes[family]:
             key = number >> shift
             entry = table.get(key)
@@ -190,6 +264,19 @@ class DecisionIndex:
     def expire(self, now: float) -> int:
         """Forget decisions past their own expiry, whether or not LAPI said so."""
         removed = 0
+        limit = int(now * 10.0) << _META_BITS | _META_MASK
+        for top, (lows, packs, ids) in list(self._v4.items()):
+            if min(packs) > limit:
+                continue
+            keep = [i for i in range(len(packs)) if packs[i] > limit and
+                    _expiry(packs[i]) > now]
+            removed += len(packs) - len(keep)
+            if keep:
+                self._v4[top] = (array("H", [lows[i] for i in keep]),
+                                 array("Q", [packs[i] for i in keep]),
+                                 array("Q", [ids[i] for i in keep]))
+            else:
+                del self._v4[top]
         for family, tables in self._tables.items():
             for table in tables.values():
                 stale = [key for key, entry in table.items()
@@ -209,6 +296,10 @@ class DecisionIndex:
     def counts(self) -> dict[tuple[str, int], int]:
         """Decisions held by (scope, family), for metrics and the status line."""
         result: dict[tuple[str, int], int] = {}
+        for _lows, packs, _ids in self._v4.values():
+            for packed in packs:
+                scope = self._metas[packed & _META_MASK][1]
+                result[(scope, 4)] = result.get((scope, 4), 0) + 1
         for family, tables in self._tables.items():
             for table in tables.values():
                 for entry in table.values():
@@ -219,6 +310,9 @@ class DecisionIndex:
 
     def decisions(self) -> Iterable[Decision]:
         """Every decision held (expired ones included until the next `expire`)."""
+        for top, (lows, packs, ids) in self._v4.items():
+            for low, packed, ident in zip(lows, packs, ids, strict=True):
+                yield self._unpack(ident << 64 | packed, 4, 32, top << 16 | low)
         for family, tables in self._tables.items():
             for plen, table in tables.items():
                 for key, entry in table.items():

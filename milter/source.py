@@ -127,6 +127,7 @@ class StreamSource:
             if startup:
                 log.info("stream resync: pulling every active decision")
                 fresh = DecisionIndex()
+                fresh.shared = False  # nobody reads it yet: grow its arrays in place
                 count = _Counter()
                 # built while the answer arrives; swapped in only once it is all good
                 for key, item in self._client.stream_items(True):
@@ -146,6 +147,7 @@ class StreamSource:
         now = self._clock()
         if startup:
             count.report(self.stats)
+            fresh.shared = True
             self._index = fresh  # swapped whole: readers see the old index or the new one
             self._last_startup = now
             self._need_startup = False

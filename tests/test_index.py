@@ -131,9 +131,11 @@ v6net = st.builds(lambda n, p: ipaddress.ip_network((n, p), strict=False),
                               st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address)),
                     max_size=20),
     removals=st.lists(st.integers(0, 24), max_size=8),
+    private=st.booleans(),
 )
-def test_index_agrees_with_brute_force(nets, probes, removals) -> None:
+def test_index_agrees_with_brute_force(nets, probes, removals, private) -> None:
     index = DecisionIndex()
+    index.shared = not private  # both write paths: in place (startup) and copy-on-write
     held = []
     for i, net in enumerate(nets):
         if net.version == 6 and net.network_address.ipv4_mapped is not None:
