@@ -1,6 +1,6 @@
 """A do-nothing pymilter milter that keeps every callback (the naive baseline).
 
-usage: noop_milter.py SOCKET
+usage: noop_milter.py SOCKET [accept]
 """
 
 from __future__ import annotations
@@ -39,6 +39,13 @@ class Noop(Milter.Base):
         return Milter.CONTINUE
 
 
+class AcceptAtConnect(Milter.Base):
+    """The cheapest possible milter: ACCEPT at connect, nothing else asked (the floor)."""
+
+    def connect(self, hostname, family, hostaddr):  # type: ignore[no-untyped-def]
+        return Milter.ACCEPT
+
+
 if __name__ == "__main__":
-    Milter.factory = Noop
+    Milter.factory = AcceptAtConnect if sys.argv[2:] == ["accept"] else Noop
     Milter.runmilter("noop", sys.argv[1], 600)
