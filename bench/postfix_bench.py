@@ -36,7 +36,8 @@ def _wait_port(port: int) -> None:
 
 
 def bench_postfix(rows: list, smoke: bool = False) -> None:
-    messages, sessions, rounds = (200, 10, 1) if smoke else (3000, 20, int(os.environ.get("BENCH_ROUNDS", "5")))
+    rounds = 1 if smoke else int(os.environ.get("BENCH_ROUNDS", "5"))
+    messages, sessions = (200, 10) if smoke else (3000, 20)
     work = Path(tempfile.mkdtemp(prefix="bench-postfix-"))
     lapi = BlobLapi(stream_body(decisions(1_000 if smoke else 100_000, 0)))
     key = work / "key"
