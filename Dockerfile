@@ -1,0 +1,29 @@
+# crowdsec-milter: pymilter is compiled in a build stage; the final image has no compiler.
+FROM python:3.11-slim-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libmilter-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY setup.cfg pyproject.toml README.md ./
+COPY milter ./milter
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim-bookworm
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libmilter1.0.1 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --home-dir /nonexistent --shell /usr/sbin/nologin milter \
+ && mkdir -p /var/log/crowdsec-milter /run/crowdsec-milter \
+ && chown milter /var/log/crowdsec-milter /run/crowdsec-milter
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+COPY docker/milter-entrypoint.sh docker/healthcheck.py /usr/local/lib/crowdsec-milter/
+USER milter
+ENV CROWDSEC_MILTER_SOCKET=inet:8895@0.0.0.0 \
+    CROWDSEC_MILTER_API_KEY_FILE=/run/secrets/crowdsec-milter/key \
+    CROWDSEC_MILTER_EVENT_LOG=/var/log/crowdsec-milter/events.log \
+    CROWDSEC_MILTER_METRICS_LISTEN=0.0.0.0:9395
+EXPOSE 8895 9395
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
+  CMD ["python", "/usr/local/lib/crowdsec-milter/healthcheck.py"]
+ENTRYPOINT ["/bin/sh", "/usr/local/lib/crowdsec-milter/milter-entrypoint.sh"]
