@@ -62,7 +62,9 @@ class BlobLapi:
                 if self.headers.get("X-Api-Key") != key:
                     self._send(403, b'{"message":"access forbidden"}')
                 elif self.path.startswith("/v1/decisions/stream"):
-                    self._send(200, lapi.body)
+                    # the whole set at startup, empty deltas after, as LAPI does
+                    self._send(200, lapi.body if "startup=true" in self.path
+                               else b'{"deleted":null,"new":null}')
                 elif self.path.startswith("/v1/decisions"):
                     lapi.live_requests += 1
                     self._send(200, b"null")

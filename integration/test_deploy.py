@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from crowdsec_milter.cli import build_parser, parse
 
 pytestmark = pytest.mark.integration

@@ -68,6 +68,17 @@ def _add(item: Any, now: float, into: DecisionIndex, count: _Counter) -> None:
     into.add(*parsed)
 
 
+def _delete(item: Any, now: float, index: DecisionIndex) -> int:
+    """Drop one decision LAPI lists as deleted (by id: another decision on the same value
+    stays); 1 if it was held."""
+    try:
+        parsed = parse_decision(_as_live(item), now)
+    except DecisionError as exc:
+        log.debug("ignoring unusable deleted decision: %s", exc)
+        return 0
+    return 1 if parsed is not None and index.remove(parsed[0].id, parsed[1]) else 0
+
+
 def _build(items: list[Any], now: float, into: DecisionIndex, stats: PullStats) -> None:
     """Add each usable decision to the index; count and log (once per answer) the rest."""
     count = _Counter()
@@ -134,7 +145,19 @@ class StreamSource:
                     if key == "new":
                         _add(item, now, fresh, count)
             else:
-                answer = self._client.stream(False)
+                # Applied as it arrives (a blocklist refresh can bring 100k decisions): if
+                # the answer breaks off, the pull fails and the next one is a full resync
+                # that replaces the index, so a half-applied delta never lasts.
+                index = self._index
+                count = _Counter()
+                added = deleted = 0
+                with index.lock:
+                    for key, item in self._client.stream_items(False):
+                        if key == "new":
+                            _add(item, now, index, count)
+                            added += 1
+                        else:
+                            deleted += _delete(item, now, index)
         except LapiError as exc:
             self.stats.failures += 1
             self.stats.errors[exc.kind] = self.stats.errors.get(exc.kind, 0) + 1
@@ -153,20 +176,10 @@ class StreamSource:
             self._need_startup = False
             log.info("stream resync: %d decision(s) held", len(fresh))
         else:
-            index = self._index
-            with index.lock:
-                for item in answer.deleted:
-                    try:
-                        parsed = parse_decision(_as_live(item), now)
-                    except DecisionError as exc:
-                        log.debug("ignoring unusable deleted decision: %s", exc)
-                        continue
-                    if parsed is not None:
-                        index.remove(parsed[0].id, parsed[1])
-                _build(answer.new, now, index, self.stats)
-            if answer.new or answer.deleted:
-                log.info("stream delta: %d new, %d deleted, %d held",
-                         len(answer.new), len(answer.deleted), len(index))
+            count.report(self.stats)
+            if added or deleted:
+                log.info("stream delta: %d new, %d deleted, %d held", added, deleted,
+                         len(index))
         if now - self._last_sweep >= 60.0:
             with self._index.lock:
                 self._index.expire(now)
