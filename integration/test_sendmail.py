@@ -1,0 +1,52 @@
+"""Sendmail 8.17 in front of the real milter: a banned client is refused, a clean one is not,
+and the milter's events say which."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from milter_process import MilterProcess
+from real_crowdsec import CrowdSec, free_port
+from real_sendmail import Sendmail, session
+
+pytestmark = pytest.mark.integration
+
+
+def test_sendmail_rejects_banned_and_reports_rejected_recipients(tmp_path: Path) -> None:
+    cs = CrowdSec(tmp_path / "cs").start()
+    milter = MilterProcess(tmp_path, cs.lapi_url, cs.add_bouncer("sendmail"),
+                           "--update-frequency", "0.5", "--trusted-network", "127.0.0.1/32")
+    milter.start()
+    sm = Sendmail(tmp_path / "sendmail", milter.port, free_port()).start()
+    try:
+        banned, clean = "127.0.0.2", "127.0.0.3"
+        cs.add_decision(ip=banned)
+        deadline = time.monotonic() + 10
+        transcript = session(sm.port, banned, ["root@example.org"])
+        while not transcript[0][1].startswith("554") and time.monotonic() < deadline:
+            time.sleep(0.3)
+            transcript = session(sm.port, banned, ["root@example.org"])
+        # Sendmail answers a connect-stage reject with its own 554 greeting and refuses
+        # every command (the milter's text shows with --stage helo or later)
+        assert transcript[0][1].startswith("554"), transcript
+        assert dict(transcript)["RCPT TO:<root@example.org>"].startswith("550")
+        assert "reject client=127.0.0.2 type=ban" in milter.log()
+        ok = session(sm.port, clean, ["root@example.org", "victim@foreign.example"])
+        replies = dict(ok)
+        assert replies["MAIL FROM:<sender@example.net>"].startswith("250")
+        assert replies["RCPT TO:<root@example.org>"].startswith("250")
+        assert replies["RCPT TO:<victim@foreign.example>"].startswith("550 5.7.1")
+        milter.stop()  # SIGTERM: the event writer flushes
+        events = [json.loads(x) for x in milter.events.read_text().splitlines()]
+        assert any(x["event"] == "client_blocked" and x["client_ip"] == banned for x in events)
+        # Sendmail does not hand recipients refused by its check_rcpt ruleset ("Relaying
+        # denied") to milters, even with SMFIP_RCPT_REJ: no event for them (seen with 8.17).
+        assert not [e for e in events if e["event"] == "rcpt_rejected"]
+    finally:
+        sm.stop()
+        milter.stop(signal.SIGKILL)
+        cs.stop()
