@@ -150,6 +150,11 @@ class DecisionIndex:
             bucket = (array("H"), array("Q"), array("Q"))
             self._v4[top] = bucket
         lows, packs, ids = bucket
+        if not self.shared and not drop_only and low not in lows:
+            lows.append(low)  # the startup path: a new address, nothing to replace
+            packs.append(low_pack)
+            ids.append(ident)
+            return 0
         gone = [i for i in _positions(lows, low) if ids[i] == ident]
         if not self.shared:
             for i in reversed(gone):
@@ -238,7 +243,8 @@ class DecisionIndex:
                 lows, packs, ids = bucket
                 low = number & 0xFFFF
                 if low in lows:
-                    for i in _positions(lows, low):
+                    for i in (_positions(lows, low) if lows.count(low) > 1
+                              else (lows.index(low),)):
                         if packs[i] > limit:
                             decision = self._unpack(ids[i] << 64 | packs[i], 4, 32, number)
                             if decision.expires > now:
