@@ -31,4 +31,4 @@ py=${PYTHON:-python3}
 if [ ! -x "$here/.venv/bin/python" ]; then
   "$py" -m venv "$here/.venv"
 fi
-"$here/.venv/bin/pip" install -q --disable-pip-version-check -e "$here[test]"
+"$here/.venv/bin/pip" install -q --disable-pip-version-check -e "$here[test,bench]"

@@ -101,6 +101,12 @@ class DecisionIndex:
         # parallel arrays of the low 16 bits, packed expiry+meta and ids, about 20 bytes a
         # decision instead of ~130 for a dict entry with its int objects.
         self._v4: dict[int, tuple[array, array, array]] = {}
+        # IPv4 ranges of /16 to /31 are only probed under the /16 they sit in: per /16, the
+        # prefix lengths present there (a miss then costs a probe per length actually
+        # present in that /16, not one per length in the whole set).
+        self._top_lens: dict[int, dict[int, int]] = {}
+        self._top_probes: dict[int, tuple[tuple[int, int, dict[int, Entry]], ...]] = {}
+        self._v4_always: tuple[tuple[int, int, dict[int, Entry]], ...] = ()
         # False while a fresh index is built privately: arrays may then grow in place.
         # Once readers can see it, every change replaces a bucket's arrays whole.
         self.shared = True
@@ -115,6 +121,33 @@ class DecisionIndex:
             (bits - plen, plen, tables[plen])
             for plen in sorted(tables, reverse=True) if tables[plen]
         )
+        if family == 4:
+            self._v4_always = tuple(p for p in self._probes[4] if not 16 <= p[1] <= 31)
+
+    def _note(self, key: int, plen: int, delta: int) -> None:
+        """Count a network key of an IPv4 /16-/31 table in or out of its /16."""
+        top = key >> (plen - 16)
+        lens = self._top_lens.setdefault(top, {})
+        n = lens.get(plen, 0) + delta
+        if n > 0:
+            lens[plen] = n
+        else:
+            lens.pop(plen, None)
+        if lens:
+            tables = self._tables[4]
+            self._top_probes[top] = tuple((32 - p, p, tables[p])
+                                          for p in sorted(lens, reverse=True))
+        else:
+            del self._top_lens[top]
+            self._top_probes.pop(top, None)
+
+    def _renote(self) -> None:
+        self._top_lens = {}
+        self._top_probes = {}
+        for plen, table in self._tables[4].items():
+            if 16 <= plen <= 31:
+                for key in table:
+                    self._note(key, plen, 1)
 
     def _pack(self, d: Decision) -> int:
         meta = (d.type, d.scope, d.origin, d.scenario)
@@ -196,6 +229,8 @@ class DecisionIndex:
             self._count += 1
             if len(table) == 1:
                 self._rebuild_probes(net.family)
+            if net.family == 4 and 16 <= net.prefixlen <= 31:
+                self._note(key, net.prefixlen, 1)
             return
         olds = _packs(old)
         kept = tuple(p for p in olds if p >> 64 != decision.id)
@@ -222,6 +257,8 @@ class DecisionIndex:
         self._count -= 1
         if not kept:
             del table[key]
+            if net.family == 4 and 16 <= net.prefixlen <= 31:
+                self._note(key, net.prefixlen, -1)
             if not table:
                 self._rebuild_probes(net.family)
         else:
@@ -251,7 +288,9 @@ class DecisionIndex:
                                 if not complete and decision.type == "ban":
                                     return [decision]
                                 found.append(decision)
-        for shift, plen, table in self._probes[family]:
+        probes = self._probes[family] if family == 6 else \
+            self._top_probes.get(number >> 16, ()) + self._v4_always
+        for shift, plen, table in probes:
             key = number >> shift
             entry = table.get(key)
             if entry is None:
@@ -296,6 +335,7 @@ class DecisionIndex:
                     else:
                         del table[key]
             self._rebuild_probes(family)
+        self._renote()
         self._count -= removed
         return removed
 

@@ -1,0 +1,26 @@
+"""The benchmark scripts run (smoke sizes): proves they work, not the figures, which are
+measured by hand with bench/run.py and recorded in bench/README.md."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+RUN = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+
+
+def test_benchmarks_run_at_smoke_size() -> None:
+    out = subprocess.run([sys.executable, str(RUN), "--smoke"], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    table = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    figures = [line.split(" | ")[0][2:] for line in table[1:]]
+    for expected in ("index lookup hit", "index lookup miss", "startup pull", "steady RSS",
+                     "peak RSS", "live mode", "per-session latency",
+                     "Postfix throughput vs no milter"):
+        assert any(f.startswith(expected) for f in figures), (expected, figures)
+    assert "nan" not in "\n".join(table)
