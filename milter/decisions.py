@@ -133,7 +133,7 @@ def _text(item: dict, key: str, limit: int = 256) -> str:
     return value[:limit]
 
 
-_SCOPES = {"ip": "Ip", "range": "Range"}
+_SCOPES = {"ip": "Ip", "range": "Range", "Ip": "Ip", "Range": "Range"}
 
 
 def parse_decision(item: object, now: float) -> tuple[Decision, Network] | None:
@@ -145,19 +145,27 @@ def parse_decision(item: object, now: float) -> tuple[Decision, Network] | None:
     """
     if item.__class__ is not dict:
         raise DecisionError(f"decision is not an object: {item!r:.60}")
-    scope = _SCOPES.get(_text(item, "scope").lower())  # type: ignore[arg-type]
+    get = item.get  # type: ignore[attr-defined]
+    scope = get("scope")
+    if scope.__class__ is not str:
+        if scope is None:
+            return None
+        raise DecisionError(f"scope is not a string: {scope!r:.40}")
+    scope = _SCOPES.get(scope) or _SCOPES.get(scope.lower())
     if scope is None:
         return None
-    ident = item.get("id")  # type: ignore[attr-defined]
+    ident = get("id")
     if ident.__class__ is not int:
         raise DecisionError(f"id is not an integer: {ident!r:.40}")
-    dtype = _text(item, "type", 64).lower()  # type: ignore[arg-type]
-    if not dtype:
-        raise DecisionError("type is missing")
-    value = _text(item, "value", 128)  # type: ignore[arg-type]
+    dtype = get("type")
+    if dtype.__class__ is not str or not dtype:
+        raise DecisionError(f"type is missing or not a string: {dtype!r:.40}")
+    value = get("value")
+    if value.__class__ is not str:
+        raise DecisionError(f"value is not a string: {value!r:.60}")
     network = parse_network("ip" if scope == "Ip" else "range", value)
-    seconds = parse_duration(item.get("duration"))  # type: ignore[attr-defined]
+    seconds = parse_duration(get("duration"))
     if seconds > MAX_DURATION:
-        raise DecisionError(f"duration is absurd: {item.get('duration')!r:.40}")  # type: ignore[attr-defined]
-    return Decision(ident, dtype, scope, value, _text(item, "origin", 64),  # type: ignore[arg-type]
+        raise DecisionError(f"duration is absurd: {get('duration')!r:.40}")
+    return Decision(ident, dtype.lower()[:64], scope, value, _text(item, "origin", 64),  # type: ignore[arg-type]
                     _text(item, "scenario"), now + seconds), network  # type: ignore[arg-type]

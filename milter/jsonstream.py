@@ -55,6 +55,9 @@ class _Reader:
 
     def peek(self) -> str:
         """The next non-blank character (not consumed); '' at the end."""
+        pos = self.pos
+        if pos < len(self.buf) and self.buf[pos] not in _WS:
+            return self.buf[pos]  # the common case: LAPI writes compact JSON
         while True:
             buf, pos = self.buf, self.pos
             while pos < len(buf) and buf[pos] in _WS:
