@@ -69,3 +69,4 @@ def test_api_key_over_https_and_a_wrong_ca_is_refused(tls_lapi, tmp_path: Path) 
     bad.stop(signal.SIGKILL)
     assert "CERTIFICATE_VERIFY_FAILED" in bad.log() or "certificate" in bad.log().lower()
     assert key not in bad.log()
+

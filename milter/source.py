@@ -141,9 +141,13 @@ class StreamSource:
                 fresh.shared = False  # nobody reads it yet: grow its arrays in place
                 count = _Counter()
                 # built while the answer arrives; swapped in only once it is all good
+                seen = 0
                 for key, item in self._client.stream_items(True):
                     if key == "new":
                         _add(item, now, fresh, count)
+                        seen += 1
+                        if seen % 100_000 == 0:  # a big blocklist takes seconds: say so
+                            log.info("stream resync: %d decisions read so far", seen)
             else:
                 # Applied as it arrives (a blocklist refresh can bring 100k decisions): if
                 # the answer breaks off, the pull fails and the next one is a full resync
