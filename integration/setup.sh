@@ -7,7 +7,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 export DEBIAN_FRONTEND=noninteractive
 
 pkgs=(postfix crowdsec libmilter-dev libmilter1.0.1 swaks miltertest python3-venv
-      ca-certificates openssl iproute2 procps docker-compose systemd m4 libwrap0)
+      ca-certificates openssl iproute2 procps docker-compose systemd logrotate m4 libwrap0)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

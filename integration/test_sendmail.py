@@ -1,5 +1,5 @@
 """Sendmail 8.17 in front of the real milter: a banned client is refused, a clean one is not,
-and the milter's events say which."""
+and a recipient Sendmail refuses as unknown becomes an event."""
 
 from __future__ import annotations
 
@@ -35,17 +35,23 @@ def test_sendmail_rejects_banned_and_reports_rejected_recipients(tmp_path: Path)
         assert transcript[0][1].startswith("554"), transcript
         assert dict(transcript)["RCPT TO:<root@example.org>"].startswith("550")
         assert "reject client=127.0.0.2 type=ban" in milter.log()
-        ok = session(sm.port, clean, ["root@example.org", "victim@foreign.example"])
+        ok = session(sm.port, clean, ["root@example.org", "victim@foreign.example",
+                                      "nosuchuser@example.org"])
         replies = dict(ok)
         assert replies["MAIL FROM:<sender@example.net>"].startswith("250")
         assert replies["RCPT TO:<root@example.org>"].startswith("250")
         assert replies["RCPT TO:<victim@foreign.example>"].startswith("550 5.7.1")
+        assert replies["RCPT TO:<nosuchuser@example.org>"].startswith("550 5.1.1")
         milter.stop()  # SIGTERM: the event writer flushes
         events = [json.loads(x) for x in milter.events.read_text().splitlines()]
         assert any(x["event"] == "client_blocked" and x["client_ip"] == banned for x in events)
-        # Sendmail does not hand recipients refused by its check_rcpt ruleset ("Relaying
-        # denied") to milters, even with SMFIP_RCPT_REJ: no event for them (seen with 8.17).
-        assert not [e for e in events if e["event"] == "rcpt_rejected"]
+        rejected = [e for e in events if e["event"] == "rcpt_rejected"]
+        # The unknown user becomes an event. Sendmail does not hand recipients refused by
+        # its check_rcpt ruleset ("Relaying denied") to milters: no event for those (8.17).
+        assert [(e["client_ip"], e["rcpt"], e["status"]) for e in rejected] == \
+            [(clean, "<nosuchuser@example.org>", "5.1.1")]
+        assert "User unknown" in rejected[0]["reason"]
+        assert rejected[0]["mta"] == "mx-sendmail.example"
     finally:
         sm.stop()
         milter.stop(signal.SIGKILL)
