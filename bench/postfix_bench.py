@@ -18,21 +18,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "integration"))
 
-from common import BlobLapi, decisions, stream_body  # noqa: E402
-from real_postfix import LOCAL_USERS, Postfix, free_port  # noqa: E402
-
-
-def _wait_port(port: int) -> None:
-    import socket
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
+from common import BlobLapi, decisions, free_port, stream_body, wait_port  # noqa: E402
+from real_postfix import LOCAL_USERS, Postfix  # noqa: E402
 
 
 def bench_postfix(rows: list, smoke: bool = False) -> None:
@@ -59,20 +46,22 @@ def bench_postfix(rows: list, smoke: bool = False) -> None:
     ]
     users = ", ".join(f"{u}=ok" for u in (*LOCAL_USERS, "1bob"))  # 2bob stays unknown
     extra = {"local_recipient_maps": f"inline:{{{users}}}"}
-    configs = {
-        "none": Postfix(work / "pf-none", None, extra=extra),
-        "crowdsec-milter": Postfix(work / "pf-ours", f"inet:127.0.0.1:{ours_port}", extra=extra),
-        "do-nothing milter": Postfix(work / "pf-noop", f"inet:127.0.0.1:{noop_port}",
-                                     extra=extra),
-        "accept-at-connect milter": Postfix(work / "pf-floor", f"inet:127.0.0.1:{floor_port}",
-                                            extra=extra),
-    }
+    ports = {name: free_port() for name in ("crowdsec-milter", "do-nothing milter",
+                                              "accept-at-connect milter")}
+    milters = {"crowdsec-milter": f"inet:127.0.0.1:{ours_port}",
+               "do-nothing milter": f"inet:127.0.0.1:{noop_port}",
+               "accept-at-connect milter": f"inet:127.0.0.1:{floor_port}"}
+    # One Postfix, one listener per configuration: the same queue, cleanup and qmgr serve
+    # all of them, so only the milter differs between the runs compared.
+    pf = Postfix(work / "pf", None, extra=extra,
+                 services={ports[n]: milters[n] for n in ports})
+    configs = {"none": None, **{n: None for n in ports}}
     try:
-        _wait_port(ours_port)
-        _wait_port(noop_port)
-        _wait_port(floor_port)
-        for pf in configs.values():
-            pf.start()
+        wait_port(ours_port)
+        wait_port(noop_port)
+        wait_port(floor_port)
+        pf.start()
+        targets = {"none": pf.port, **ports}
         time.sleep(2.0)  # the startup pull of 100k decisions
         for persist in (False, True):
             flags = ["-d"] if persist else []
@@ -80,12 +69,12 @@ def bench_postfix(rows: list, smoke: bool = False) -> None:
                    else "a new connection per message")
             times: dict[str, list[float]] = {name: [] for name in configs}
             for _ in range(rounds):
-                for name, pf in configs.items():
+                for name in configs:
                     started = time.monotonic()
                     subprocess.run(["smtp-source", "-A", *flags, "-s", str(sessions), "-m",
                                     str(messages), "-r", "2", "-f", "sender@example.net", "-t",
-                                    "bob@example.org", f"127.0.0.1:{pf.port}"], check=True,
-                                   timeout=600, capture_output=True)
+                                    "bob@example.org", f"127.0.0.1:{targets[name]}"],
+                                   check=True, timeout=600, capture_output=True)
                     times[name].append(time.monotonic() - started)
             base = statistics.median(times["none"])
             for name in list(configs)[1:]:
@@ -100,8 +89,7 @@ def bench_postfix(rows: list, smoke: bool = False) -> None:
         events = (work / "events.log").read_text().count("\n")
         print(f"  (crowdsec-milter wrote {events} rcpt_rejected event lines)")
     finally:
-        for pf in configs.values():
-            pf.stop()
+        pf.stop()
         for p in procs:
             p.send_signal(signal.SIGKILL)
             p.wait()

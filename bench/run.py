@@ -12,7 +12,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,7 +24,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent / "tests"))  # the wire client shared with the tests
 
-from common import BlobLapi, decisions, percentile, stream_body  # noqa: E402
+from common import (  # noqa: E402
+    BlobLapi,
+    decisions,
+    free_port,
+    percentile,
+    stream_body,
+    wait_port,
+)
 
 ROWS: list[tuple[str, str, str, str]] = []
 
@@ -146,23 +152,6 @@ def bench_live(sessions: int, addresses: int) -> None:
     lapi.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
 def bench_latency(n_decisions: int, sessions: int, rounds: int) -> None:
     from milter_process import Mta
 
@@ -174,7 +163,7 @@ def bench_latency(n_decisions: int, sessions: int, rounds: int) -> None:
     key.write_text("bench-key")
     key.chmod(0o600)
     exe = str(Path(sys.executable).parent / "crowdsec-milter")
-    ours_port, noop_port = _free_port(), _free_port()
+    ours_port, noop_port = free_port(), free_port()
     procs = [
         subprocess.Popen([exe, "--socket", f"inet:{ours_port}@127.0.0.1", "--lapi-url",
                           lapi.url, "--api-key-file", str(key), "--event-log", "none",
@@ -183,8 +172,8 @@ def bench_latency(n_decisions: int, sessions: int, rounds: int) -> None:
                           f"inet:{noop_port}@127.0.0.1"]),
     ]
     try:
-        _wait_port(ours_port)
-        _wait_port(noop_port)
+        wait_port(ours_port)
+        wait_port(noop_port)
         time.sleep(1.0 + n_decisions / 200_000)  # let the startup pull finish
 
         def session(port: int, ip: str) -> float:

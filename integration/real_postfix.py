@@ -29,12 +29,16 @@ class Postfix:
     """One private Postfix instance."""
 
     def __init__(self, workdir: Path, milter: str | None, port: int | None = None, *,
-                 hostname: str = "mx-test.example", extra: dict[str, str] | None = None) -> None:
+                 hostname: str = "mx-test.example", extra: dict[str, str] | None = None,
+                 services: dict[int, str] | None = None) -> None:
         self.dir = workdir
         self.port = port or free_port()
         self.milter = milter
         self.hostname = hostname
         self.extra = extra or {}
+        # more smtpd listeners on 127.0.0.1, each with its own smtpd_milters ("" = none):
+        # configurations compared on one instance share its queue, cleanup and qmgr
+        self.services = services or {}
         self.etc = workdir / "etc"
         self.maillog = workdir / "log" / "maillog"
 
@@ -96,6 +100,11 @@ class Postfix:
         self._postconf("-M#", "smtp/inet")
         for listen in (f"127.0.0.1:{self.port}", f"[::1]:{self.port}"):
             self._postconf("-M", f"{listen}/inet={listen} inet n - n - - smtpd")
+        for port, milters in self.services.items():
+            listen = f"127.0.0.1:{port}"
+            self._postconf("-M", f"{listen}/inet={listen} inet n - n - - smtpd")
+            value = f"{{ {milters}, default_action=accept }}" if milters else ""
+            self._postconf("-P", f"{listen}/inet/smtpd_milters={value}")
 
     def start(self) -> Postfix:
         self.configure()

@@ -457,14 +457,19 @@ def localize(env: dict[str, Any], mapping: dict[str, str]) -> dict[str, str]:
     return result
 
 
+def reachable(folder: Path) -> None:
+    """Let unprivileged users (postfix, nobody) reach `folder` (pytest's are 0700)."""
+    for f in (folder, *folder.parents):
+        if not f.stat().st_mode & stat.S_IXOTH:
+            f.chmod(f.stat().st_mode | stat.S_IXOTH)
+
+
 def private_postfix(etc: Path, root: Path, port: int) -> None:
     """What Docker gives the Postfix container, here: its own queue, port and log file."""
     for sub in ("spool", "data"):
         (root / sub).mkdir()
     shutil.chown(root / "data", "postfix", "postfix")
-    for folder in (root, *root.parents):  # the postfix user must reach the queue
-        if not folder.stat().st_mode & stat.S_IXOTH:
-            folder.chmod(folder.stat().st_mode | stat.S_IXOTH)
+    reachable(root)
 
     def postconf(*args: str) -> None:
         subprocess.run(["postconf", "-c", str(etc), *args], check=True, capture_output=True)
@@ -482,6 +487,7 @@ def test_the_stack_without_docker(tmp_path: Path) -> None:
         d.mkdir()
     nobody = pwd.getpwnam("nobody")
     os.chown(logdir, nobody.pw_uid, nobody.pw_gid)  # as LogsDirectory= does for the unit
+    reachable(logdir)  # logrotate works in it as that user (su)
     milter_port, metrics_port, smtp_port = free_port(), free_port(), free_port()
     event_log = logdir / "events.log"
     event_log.touch()
