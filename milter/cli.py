@@ -101,7 +101,8 @@ def build_parser() -> configargparse.ArgParser:
                    help="client certificate for LAPI (instead of an API key)")
     p.add_argument("--lapi-key", default=None, help="private key of --lapi-cert")
     p.add_argument("--event-log", default=d.event_log,
-                   help="JSON event lines: a path, - for stdout, syslog, or none")
+                   help="JSON event lines: a path, - for stdout, syslog (or syslog:/socket), "
+                        "or none")
     p.add_argument("--log-level", choices=_LEVELS, default=d.log_level, help="operational log")
     p.add_argument("--log-format", choices=("text", "json"), default=d.log_format,
                    help="operational log format (stderr)")

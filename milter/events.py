@@ -80,9 +80,9 @@ class _Sink:
         self.close()
         if self.target == "-":
             self._file = sys.stdout
-        elif self.target == "syslog":
+        elif self.target == "syslog" or self.target.startswith("syslog:"):
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._sock.connect("/dev/log")
+            self._sock.connect(self.target.partition(":")[2] or "/dev/log")
         else:
             os.makedirs(os.path.dirname(os.path.abspath(self.target)), exist_ok=True)
             self._file = open(self.target, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115

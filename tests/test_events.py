@@ -131,3 +131,23 @@ def test_disk_full_is_counted(tmp_path: Path) -> None:
     assert wait_for(lambda: writer.dropped == 3)
     writer.stop()
     assert writer.written == 0
+
+
+def test_syslog_target_sends_one_tagged_datagram_per_event(tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "log.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    server.settimeout(5)
+    writer = EventWriter(f"syslog:{path}")
+    writer.start()
+    writer.emit("rcpt_rejected", client_ip="192.0.2.1", rcpt="<a\nb@example.org>")
+    writer.emit("rcpt_rejected", client_ip="192.0.2.2")
+    got = [server.recv(4096).decode() for _ in range(2)]
+    writer.stop()
+    server.close()
+    for datagram, ip in zip(got, ("192.0.2.1", "192.0.2.2"), strict=True):
+        assert datagram.startswith("<14>crowdsec-milter: {")
+        assert "\n" not in datagram
+        assert json.loads(datagram.split(": ", 1)[1])["client_ip"] == ip
