@@ -127,6 +127,12 @@ def copies(dockerfile: Path, stage: int | None = None) -> list[tuple[list[str], 
     return result
 
 
+def copied_to(dockerfile: Path) -> set[str]:
+    """Paths in the final image of the files COPY put there from the build context."""
+    return {str(Path(dest) / Path(src).name) if dest.endswith("/") else dest
+            for sources, dest in copies(dockerfile, -1) for src in sources}
+
+
 def exec_path(dockerfile: Path, instruction: str) -> list[str]:
     """The JSON-form command of ENTRYPOINT or HEALTHCHECK ... CMD in the final stage."""
     for line in stages(dockerfile)[-1]:
@@ -181,13 +187,9 @@ def test_every_path_the_deployment_uses_exists() -> None:
                 assert (context / src).exists(), (dockerfile, src)
     # what the images start is what they copied in
     for dockerfile in (DOCKERFILE, POSTFIX_DOCKERFILE):
-        targets = {str(Path(dest) / Path(src).name) if dest.endswith("/") else dest
-                   for sources, dest in copies(dockerfile) for src in sources}
         entry = exec_path(dockerfile, "ENTRYPOINT")
-        assert entry[0] == "/bin/sh" and entry[1] in targets, entry
-    assert exec_path(DOCKERFILE, "HEALTHCHECK")[-1] in {
-        "/usr/local/lib/crowdsec-milter/" + Path(s).name
-        for sources, _ in copies(DOCKERFILE) for s in sources}
+        assert entry[0] == "/bin/sh" and entry[1] in copied_to(dockerfile), entry
+    assert exec_path(DOCKERFILE, "HEALTHCHECK")[-1] in copied_to(DOCKERFILE)
     # the crowdsec service runs the init script where it mounted it
     command = " ".join(service("crowdsec")["entrypoint"])
     init_target = dict(mounts("crowdsec"))[str(INIT)]
@@ -196,7 +198,8 @@ def test_every_path_the_deployment_uses_exists() -> None:
 
 def test_all_our_crowdsec_content_is_mounted_where_crowdsec_loads_it() -> None:
     content = REPO / "conf/crowdsec"
-    ours = {p for p in content.rglob("*.yaml")}
+    ours = {p for sub in ("acquis.d", "parsers", "scenarios", "collections")
+            for p in (content / sub).rglob("*.yaml")}
     assert ours, "conf/crowdsec holds no content"
     mounted = {Path(s): t for s, t in mounts("crowdsec") if s.startswith(str(content))}
     assert set(mounted) == ours
