@@ -65,7 +65,8 @@ def bench_postfix(rows: list, smoke: bool = False) -> None:
         time.sleep(2.0)  # the startup pull of 100k decisions
         for persist in (False, True):
             flags = ["-d"] if persist else []
-            how = ("-d: 20 connections, many messages each (as in shared/FACTS.md)" if persist
+            how = (f"-d: {sessions} connections, many messages each (as in shared/FACTS.md)"
+                   if persist
                    else "a new connection per message")
             times: dict[str, list[float]] = {name: [] for name in configs}
             for _ in range(rounds):

@@ -103,8 +103,11 @@ class Postfix:
         for port, milters in self.services.items():
             listen = f"127.0.0.1:{port}"
             self._postconf("-M", f"{listen}/inet={listen} inet n - n - - smtpd")
+            # master.cf values cannot hold spaces: name the setting in main.cf instead
+            name = f"service_milters_{port}"
             value = f"{{ {milters}, default_action=accept }}" if milters else ""
-            self._postconf("-P", f"{listen}/inet/smtpd_milters={value}")
+            self._postconf("-e", f"{name}={value}")
+            self._postconf("-P", f"{listen}/inet/smtpd_milters=${name}")
 
     def start(self) -> Postfix:
         self.configure()
