@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 # Severity order: a ban outranks a captcha, which outranks every other type.
 _SEVERITY = {"ban": 0, "captcha": 1}
@@ -169,3 +169,35 @@ def parse_decision(item: object, now: float) -> tuple[Decision, Network] | None:
         raise DecisionError(f"duration is absurd: {get('duration')!r:.40}")
     return Decision(ident, dtype.lower()[:64], scope, value, _text(item, "origin", 64),  # type: ignore[arg-type]
                     _text(item, "scenario"), now + seconds), network  # type: ignore[arg-type]
+
+
+def parse_ipv4_fast(item: dict[str, Any], now: float
+                    ) -> tuple[int, int, tuple[str, str, str, str], float] | None:
+    """The bulk of any startup answer, read with the least work: an Ip decision on an IPv4
+    address whose fields are all plain. Gives (id, address, (type, scope, origin,
+    scenario), expiry), or None to send the item down `parse_decision` (never an error).
+    """
+    get = item.get
+    if get("scope") != "Ip":
+        return None
+    ident, value, dtype = get("id"), get("value"), get("type")
+    duration, origin, scenario = get("duration"), get("origin"), get("scenario")
+    if (ident.__class__ is not int or value.__class__ is not str or dtype.__class__ is not str
+            or duration.__class__ is not str or origin.__class__ is not str
+            or scenario.__class__ is not str or not dtype or len(dtype) > 64
+            or len(origin) > 64 or len(scenario) > 256 or ":" in value):
+        return None
+    try:
+        address = int.from_bytes(socket.inet_pton(socket.AF_INET, value), "big")
+    except OSError:
+        return None
+    match = _HMS.fullmatch(duration)
+    if match is None:
+        return None
+    h, m, sec = match.groups()
+    if not (h or m or sec):
+        return None
+    seconds = int(h or 0) * 3600.0 + int(m or 0) * 60.0 + float(sec or 0.0)
+    if seconds > MAX_DURATION:
+        return None
+    return ident, address, (dtype.lower(), "Ip", origin, scenario), now + seconds

@@ -151,14 +151,28 @@ class DecisionIndex:
 
     def _pack(self, d: Decision) -> int:
         meta = (d.type, d.scope, d.origin, d.scenario)
+        return (d.id << 64) | self._pack_low(meta, d.expires)
+
+    def _pack_low(self, meta: tuple[str, str, str, str], expires: float) -> int:
+        """Expiry and meta slot: the low 64 bits of a packed decision."""
         slot = self._meta_ids.get(meta)
         if slot is None:
             if len(self._metas) > _META_MASK:
                 raise OverflowError("too many distinct decision types, origins and scenarios")
             slot = self._meta_ids[meta] = len(self._metas)
             self._metas.append(meta)
-        tenths = min(max(math.ceil(d.expires * 10.0), 0), _EXP_MASK)
-        return (d.id << 64) | (tenths << _META_BITS) | slot
+        tenths = min(max(math.ceil(expires * 10.0), 0), _EXP_MASK)
+        return (tenths << _META_BITS) | slot
+
+    def add_ipv4(self, ident: int, number: int, meta: tuple[str, str, str, str],
+                 expires: float) -> bool:
+        """`add` for an Ip decision on an IPv4 address already parsed (the startup fast
+        path); False when the id does not fit, and `add` must be used."""
+        if not 0 <= ident < _ID_LIMIT:
+            return False
+        self._count += 1 - self._bucket_put(number, ident, self._pack_low(meta, expires),
+                                            False)
+        return True
 
     def _unpack(self, packed: int, family: int, plen: int, key: int) -> Decision:
         dtype, scope, origin, scenario = self._metas[packed & _META_MASK]

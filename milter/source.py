@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from cachetools import TLRUCache
 
-from .decisions import Decision, DecisionError, parse_decision
+from .decisions import Decision, DecisionError, parse_decision, parse_ipv4_fast
 from .index import DecisionIndex
 from .lapi import LapiClient, LapiError
 
@@ -56,6 +56,10 @@ class _Counter:
 
 
 def _add(item: Any, now: float, into: DecisionIndex, count: _Counter) -> None:
+    if item.__class__ is dict:
+        fast = parse_ipv4_fast(item, now)
+        if fast is not None and into.add_ipv4(*fast):
+            return
     try:
         parsed = parse_decision(item, now)
     except DecisionError as exc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from crowdsec_milter.decisions import DecisionError, parse_decision, parse_duration
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @pytest.mark.parametrize(
@@ -97,3 +99,37 @@ def test_range_with_host_bits_is_taken_as_its_network() -> None:
 def test_bad_decisions_raise_a_decision_error(bad: object) -> None:
     with pytest.raises(DecisionError):
         parse_decision(bad, 0.0)
+
+
+fast_items = st.fixed_dictionaries({
+    "id": st.integers(-5, 2**65),
+    "scope": st.sampled_from(["Ip", "ip", "Range"]),
+    "value": st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str),
+                       st.sampled_from(["1.2.3.4/32", "not-an-ip", "010.1.1.1", ""])),
+    "type": st.sampled_from(["ban", "BAN", "captcha", "", 5]),
+    "duration": st.sampled_from(["4h", "3h59m57.5s", "9m59.72s", "500ms", "-1s", "0",
+                                 "876000h", "1h2m", "x"]),
+    "origin": st.sampled_from(["crowdsec", "CAPI", "o" * 70, None]),
+    "scenario": st.sampled_from(["s", "lists:x", "s" * 300, None]),
+})
+
+
+@settings(max_examples=400, deadline=None)
+@given(items=st.lists(fast_items, max_size=12))
+def test_startup_fast_path_builds_the_same_index_as_the_general_path(items) -> None:
+    from crowdsec_milter.index import DecisionIndex
+    from crowdsec_milter.source import _add, _Counter
+
+    fast, slow = DecisionIndex(), DecisionIndex()
+    fast.shared = False
+    for i, item in enumerate(items):
+        item = {**item, "id": item["id"] * 64 + i}  # distinct ids, both sides of 2**64
+        _add(item, 100.0, fast, _Counter())
+        try:
+            parsed = parse_decision(item, 100.0)
+        except DecisionError:
+            continue
+        if parsed is not None:
+            slow.add(*parsed)
+    assert sorted(fast.decisions()) == sorted(slow.decisions())
+    assert len(fast) == len(slow)
