@@ -6,13 +6,14 @@ from __future__ import annotations
 import itertools
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from milter_process import MilterProcess
 from real_crowdsec import CrowdSec
 from real_postfix import Postfix, Transcript, session
+from waiting import eventually
 
 pytestmark = pytest.mark.integration
 _n = itertools.count(1)
@@ -23,14 +24,6 @@ def fresh_ip(v6: bool = False) -> str:
     n = next(_n)
     return f"2001:db8:77::{n:x}" if v6 else f"203.0.113.{n}"
 
-
-def eventually(check: Callable[[], bool], timeout: float = 8.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.2)
-    return check()
 
 
 class Node:

@@ -28,7 +28,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ import pytest
 from crowdsec_milter.cli import build_parser, parse
 from real_crowdsec import CrowdSec
 from real_postfix import free_port, session
+from waiting import eventually
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
@@ -140,14 +140,6 @@ def exec_path(dockerfile: Path, instruction: str) -> list[str]:
             return json.loads(line[line.index("["):])
     raise AssertionError(f"no {instruction} in {dockerfile}")
 
-
-def eventually(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.2)
-    return check()
 
 
 def run_sh(script: Path, *args: str, env: dict[str, str],

@@ -12,6 +12,12 @@ import pytest
 from crowdsec_milter.events import FIELD_LIMIT, EventWriter, clean_text, format_event
 from hypothesis import given
 from hypothesis import strategies as st
+from waiting import eventually
+
+
+def eventually_fast(check, timeout: float = 5.0) -> bool:
+    """The writer thread is quick: poll often."""
+    return eventually(check, timeout, 0.02)
 
 
 @given(st.dictionaries(st.sampled_from(["helo", "rcpt", "mail_from", "client_name", "event",
@@ -50,14 +56,6 @@ def test_long_values_are_cut_and_the_cut_is_marked() -> None:
     assert clean_text("x" * FIELD_LIMIT) == "x" * FIELD_LIMIT
 
 
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
 
 def lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
@@ -68,10 +66,10 @@ def test_writer_follows_rotation_and_sigusr1_reopen(tmp_path: Path) -> None:
     writer = EventWriter(str(path))
     writer.start()
     writer.emit("rcpt_rejected", client_ip="192.0.2.1", n=1)
-    assert wait_for(lambda: len(lines(path)) == 1)
+    assert eventually_fast(lambda: len(lines(path)) == 1)
     os.rename(path, tmp_path / "events.log.1")  # logrotate without copytruncate
     writer.emit("rcpt_rejected", client_ip="192.0.2.1", n=2)
-    assert wait_for(lambda: len(lines(path)) == 1)  # noticed by itself
+    assert eventually_fast(lambda: len(lines(path)) == 1)  # noticed by itself
     os.rename(path, tmp_path / "events.log.2")
     path.touch()  # logrotate's `create`
     writer.reopen()
@@ -106,16 +104,16 @@ def test_unwritable_target_counts_drops_then_recovers(tmp_path: Path,
     writer = EventWriter(str(path))
     writer.start()
     writer.emit("x", client_ip="192.0.2.1")
-    assert wait_for(lambda: writer.written == 1)
+    assert eventually_fast(lambda: writer.written == 1)
     path.unlink()
     folder.rmdir()
     folder.write_text("now a file, so the log cannot be created")  # open fails: ENOTDIR
     writer.emit("x", client_ip="192.0.2.1")
-    assert wait_for(lambda: writer.dropped == 1)
+    assert eventually_fast(lambda: writer.dropped == 1)
     folder.unlink()
     folder.mkdir()
     writer.emit("x", client_ip="192.0.2.1")
-    assert wait_for(lambda: writer.written == 2)
+    assert eventually_fast(lambda: writer.written == 2)
     writer.stop()
     assert len(lines(path)) == 1
     assert "cannot" in caplog.text
@@ -128,7 +126,7 @@ def test_disk_full_is_counted(tmp_path: Path) -> None:
     writer.start()
     for _ in range(3):
         writer.emit("x", client_ip="192.0.2.1")
-    assert wait_for(lambda: writer.dropped == 3)
+    assert eventually_fast(lambda: writer.dropped == 3)
     writer.stop()
     assert writer.written == 0
 
