@@ -32,6 +32,7 @@ from .tally import Tally
 from .usage import UsagePusher
 
 log = logging.getLogger("crowdsec_milter")
+STOP_GRACE = 0.5  # seconds
 
 
 class _JsonFormatter(logging.Formatter):
@@ -218,6 +219,10 @@ def run(settings: Settings, argv: list[str] | None = None) -> int:
             hup.clear()
             settings = reload(parts, settings, argv if argv is not None else sys.argv[1:])
     if not done.is_set():
+        # The MTA does not wait for no-reply callbacks, so commands it sent just before the
+        # signal may still sit in our sockets: give them a moment before libmilter stops,
+        # or their events are lost.
+        time.sleep(STOP_GRACE)
         Milter.stop()
         done.wait(10.0)
     if isinstance(parts.source, StreamSource):
