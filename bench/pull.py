@@ -28,7 +28,7 @@ def main() -> None:
         assert source.pull_once()
         key = address_key("192.0.2.1")
         assert key is not None
-        source.lookup(*key, "192.0.2.1")  # the first lookup served from the synced index
+        source.lookup(*key)  # the first lookup served from the synced index
         seconds = time.monotonic() - started
         held = len(source.index)
     else:

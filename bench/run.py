@@ -68,8 +68,8 @@ def bench_index(n_ip: int, n_range: int, probes: int, rounds: int) -> None:
 
     def ours_one(ip: str) -> None:
         key = address_key(ip)
-        # as the milter asks (StreamSource.lookup): stop at the first ban
-        ours.lookup(key[0], key[1], now, complete=False)  # type: ignore[index]
+        # as the milter asks (Policy.check, StreamSource.lookup): stop at the first ban
+        ours.lookup(key[0], key[1], now, False, key[2])  # type: ignore[index]
 
     results: dict[str, dict[str, list[float]]] = {"ours": {}, "peer": {}}
     for _ in range(rounds):

@@ -14,22 +14,33 @@ from __future__ import annotations
 
 import math
 import socket
+import struct
+import sys
 import threading
 from array import array
 from collections.abc import Iterable
 
 from .decisions import Decision, Network
 
-_V4_MAPPED = 0xFFFF << 32
+_pton = socket.inet_pton
+_ntoa = socket.inet_ntoa
+_AF_INET = socket.AF_INET
 
 
-
-def address_key(text: str) -> tuple[int, int] | None:
-    """(family, integer) for a client address string, or None when it is no IP address.
+def address_key(text: str) -> tuple[int, int, str] | None:
+    """(family, integer, canonical text) for a client address string, or None when it is
+    no IP address.
 
     Accepts what MTAs hand over: `1.2.3.4`, `2001:db8::1`, `[::1]`, `IPv6:2001:db8::1`,
-    `fe80::1%eth0` (scope dropped); IPv4-mapped IPv6 becomes IPv4.
+    `fe80::1%eth0` (scope dropped); IPv4-mapped IPv6 becomes IPv4. The canonical text is
+    what logs, replies and LAPI queries show (inet_ntop's form).
     """
+    if ":" not in text:  # plain dotted quad, nearly every client: one C call
+        try:
+            # inet_pton takes only canonical dotted quads (no leading zeros, four parts)
+            return 4, int.from_bytes(_pton(_AF_INET, text), "big"), text
+        except (OSError, ValueError):
+            pass  # bracketed, empty or not an address: the careful path below
     if not text:
         return None
     if text[0] == "[" and text[-1] == "]":
@@ -38,17 +49,18 @@ def address_key(text: str) -> tuple[int, int] | None:
         text = text[5:]
     if ":" not in text:
         try:
-            return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+            return 4, int.from_bytes(_pton(_AF_INET, text), "big"), text
         except (OSError, ValueError):
             return None
     text = text.split("%", 1)[0]
     try:
-        number = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+        packed = _pton(socket.AF_INET6, text)
     except (OSError, ValueError):
         return None
+    number = int.from_bytes(packed, "big")
     if number >> 32 == 0xFFFF:
-        return 4, number & 0xFFFFFFFF
-    return 6, number
+        return 4, number & 0xFFFFFFFF, _ntoa(packed[12:])
+    return 6, number, socket.inet_ntop(socket.AF_INET6, packed)
 
 
 def _key(net: Network) -> int:
@@ -73,8 +85,42 @@ def _positions(values: array, value: int) -> list[int]:
         i = values.index(value, i + 1)
         found.append(i)
     return found
+
+
 Packed = int
 Entry = int | tuple[int, ...]
+
+# An IPv4 /32 bucket holds n decisions. Once readers can see the index it is one bytes
+# object: n low halves of the addresses (2 bytes each, native order), then n (packed,
+# id) pairs of 8-byte words. One object, its data inline, is what keeps a hit to a few
+# cache misses; a lookup finds the low half with bytes.find. While an index is built
+# privately a bucket is (array "H" of lows, array "Q" of pairs), grown in place.
+Bucket = bytes | tuple[array, array]
+_ORDER = sys.byteorder
+_PAIR = struct.Struct("=QQ").unpack_from
+_new = tuple.__new__  # builds a Decision without NamedTuple's Python-level __new__
+
+
+def _rows(bucket: Bucket) -> tuple[array, array]:
+    """A bucket as arrays (lows, pairs); fresh copies for a frozen bucket."""
+    if bucket.__class__ is not bytes:
+        return bucket  # type: ignore[return-value]
+    end = len(bucket) // 9
+    lows, pairs = array("H"), array("Q")
+    lows.frombytes(bucket[:end])  # type: ignore[index]
+    pairs.frombytes(bucket[end:])  # type: ignore[index]
+    return lows, pairs
+
+
+def _frozen(lows: array, pairs: array) -> bytes:
+    return lows.tobytes() + pairs.tobytes()
+
+
+def _bucket_packs(bucket: Bucket) -> Iterable[int]:
+    """The packed expiry+meta words of a bucket, without copying it."""
+    if bucket.__class__ is bytes:
+        return memoryview(bucket)[len(bucket) // 9:].cast("Q")[::2]  # type: ignore[arg-type]
+    return bucket[1][::2]  # type: ignore[index]
 
 
 def _packs(entry: Entry) -> tuple[int, ...]:
@@ -97,19 +143,32 @@ class DecisionIndex:
         self._metas: list[tuple[str, str, str, str]] = []
         self._meta_ids: dict[tuple[str, str, str, str], int] = {}
         self._count = 0
-        # IPv4 /32, the bulk of every blocklist, in buckets by the address's top 16 bits:
-        # parallel arrays of the low 16 bits, packed expiry+meta and ids, about 20 bytes a
-        # decision instead of ~130 for a dict entry with its int objects.
-        self._v4: dict[int, tuple[array, array, array]] = {}
+        # IPv4 /32, the bulk of every blocklist, in buckets by the address's top 16 bits
+        # (see Bucket): about 18 bytes a decision instead of ~130 for a dict entry with its
+        # int objects.
+        self._v4: list[Bucket | None] = [None] * 65536
         # IPv4 ranges of /16 to /31 are only probed under the /16 they sit in: per /16, the
         # prefix lengths present there (a miss then costs a probe per length actually
         # present in that /16, not one per length in the whole set).
         self._top_lens: dict[int, dict[int, int]] = {}
         self._top_probes: dict[int, tuple[tuple[int, int, dict[int, Entry]], ...]] = {}
         self._v4_always: tuple[tuple[int, int, dict[int, Entry]], ...] = ()
-        # False while a fresh index is built privately: arrays may then grow in place.
-        # Once readers can see it, every change replaces a bucket's arrays whole.
-        self.shared = True
+        # False while a fresh index is built privately: buckets may then grow in place.
+        # Once readers can see it, every change replaces a bucket whole.
+        self._shared = True
+
+    @property
+    def shared(self) -> bool:
+        return self._shared
+
+    @shared.setter
+    def shared(self, value: bool) -> None:
+        if value and not self._shared:  # published: freeze the buckets grown in place
+            v4 = self._v4
+            for top, bucket in enumerate(v4):
+                if bucket is not None and bucket.__class__ is not bytes:
+                    v4[top] = _frozen(*bucket)  # type: ignore[misc]
+        self._shared = value
 
     def __len__(self) -> int:
         return self._count
@@ -184,44 +243,40 @@ class DecisionIndex:
                                        (key << (128 - plen)).to_bytes(16, "big"))
             full = plen == 128
         value = address if full and scope == "Ip" else f"{address}/{plen}"
-        return Decision(packed >> 64, dtype, scope, value, origin, scenario, _expiry(packed))
+        return _new(Decision,  # type: ignore[call-overload]
+                    (packed >> 64, dtype, scope, value, origin, scenario, _expiry(packed)))
 
     def _bucket_put(self, number: int, ident: int, low_pack: int, drop_only: bool) -> int:
         """Replace (or with drop_only, remove) decision `ident` at an IPv4 address in its
         bucket, appending low_pack unless drop_only. Returns how many entries went away."""
         top, low = number >> 16, number & 0xFFFF
-        bucket = self._v4.get(top)
+        bucket = self._v4[top]
         if bucket is None:
             if drop_only:
                 return 0
-            bucket = (array("H"), array("Q"), array("Q"))
-            self._v4[top] = bucket
-        lows, packs, ids = bucket
-        if not self.shared and not drop_only and low not in lows:
-            lows.append(low)  # the startup path: a new address, nothing to replace
-            packs.append(low_pack)
-            ids.append(ident)
+            lows, pairs = array("H", (low,)), array("Q", (low_pack, ident))
+            self._v4[top] = _frozen(lows, pairs) if self._shared else (lows, pairs)
             return 0
-        gone = [i for i in _positions(lows, low) if ids[i] == ident]
-        if not self.shared:
-            for i in reversed(gone):
-                del lows[i], packs[i], ids[i]
-            if not drop_only:
-                lows.append(low)
-                packs.append(low_pack)
-                ids.append(ident)
+        if not self._shared and bucket.__class__ is not bytes:
+            lows, pairs = bucket  # type: ignore[misc]
+            if not drop_only and low not in lows:
+                lows.append(low)  # the startup path: a new address, nothing to replace
+                pairs.append(low_pack)
+                pairs.append(ident)
+                return 0
         else:
-            keep = [i for i in range(len(lows)) if i not in gone]
-            nl = array("H", [lows[i] for i in keep])
-            np_ = array("Q", [packs[i] for i in keep])
-            ni = array("Q", [ids[i] for i in keep])
-            if not drop_only:
-                nl.append(low)
-                np_.append(low_pack)
-                ni.append(ident)
-            self._v4[top] = (nl, np_, ni)
-        if not self._v4[top][0]:
-            del self._v4[top]
+            lows, pairs = _rows(bucket)  # copies: readers keep the bucket they hold
+        gone = [i for i in _positions(lows, low) if pairs[2 * i + 1] == ident]
+        for i in reversed(gone):
+            del lows[i], pairs[2 * i:2 * i + 2]
+        if not drop_only:
+            lows.append(low)
+            pairs.append(low_pack)
+            pairs.append(ident)
+        if not lows:
+            self._v4[top] = None
+        else:
+            self._v4[top] = _frozen(lows, pairs) if self._shared else (lows, pairs)
         return len(gone)
 
     def add(self, decision: Decision, net: Network) -> None:
@@ -279,43 +334,54 @@ class DecisionIndex:
             table[key] = kept if len(kept) > 1 else kept[0]
         return True
 
-    def lookup(self, family: int, number: int, now: float,
-               complete: bool = True) -> list[Decision]:
+    def lookup(self, family: int, number: int, now: float, complete: bool = True,
+               text: str = "") -> list[Decision]:
         """Unexpired decisions covering the address, most severe first, longest-lived first.
 
         With complete=False the search stops at the first ban (longest prefix first): a ban
         is the most severe type, so the verdict is the same and a hit costs one probe.
+        `text`, the address's canonical text from `address_key` if the caller has it, saves
+        formatting it again for an IPv4 hit. Written flat, without helper calls: this runs
+        for every client of the MTA.
         """
         found: list[Decision] = []
-        limit = int(now * 10.0) << _META_BITS | _META_MASK  # packed > limit: not expired
         if family == 4:
-            bucket = self._v4.get(number >> 16)
+            bucket = self._v4[number >> 16]
             if bucket is not None:
-                lows, packs, ids = bucket
-                low = number & 0xFFFF
-                if low in lows:
-                    for i in (_positions(lows, low) if lows.count(low) > 1
-                              else (lows.index(low),)):
-                        if packs[i] > limit:
-                            decision = self._unpack(ids[i] << 64 | packs[i], 4, 32, number)
-                            if decision.expires > now:
-                                if not complete and decision.type == "ban":
-                                    return [decision]
-                                found.append(decision)
-        probes = self._probes[family] if family == 6 else \
-            self._top_probes.get(number >> 16, ()) + self._v4_always
+                if bucket.__class__ is not bytes:
+                    bucket = _frozen(*bucket)  # type: ignore[misc]  # a private index
+                end = len(bucket) // 9
+                pattern = (number & 0xFFFF).to_bytes(2, _ORDER)
+                j = bucket.find(pattern, 0, end)  # type: ignore[union-attr]
+                while j >= 0:
+                    if not j & 1:  # a match straddling two entries is no match
+                        pack, ident = _PAIR(bucket, end + (j << 3))
+                        expires = (pack >> _META_BITS & _EXP_MASK) / 10.0
+                        if expires > now:
+                            dtype, scope, origin, scenario = self._metas[pack & _META_MASK]
+                            address = text or _ntoa(number.to_bytes(4, "big"))
+                            decision = _new(Decision, (  # type: ignore[call-overload]
+                                ident, dtype, scope,
+                                address if scope == "Ip" else address + "/32",
+                                origin, scenario, expires))
+                            if not complete and dtype == "ban":
+                                return [decision]
+                            found.append(decision)
+                    j = bucket.find(pattern, j + 1, end)  # type: ignore[union-attr]
+            probes = self._top_probes.get(number >> 16, ()) + self._v4_always
+        else:
+            probes = self._probes[6]
         for shift, plen, table in probes:
             key = number >> shift
             entry = table.get(key)
             if entry is None:
                 continue
             for packed in (entry,) if entry.__class__ is int else entry:  # type: ignore[union-attr]
-                if packed & _LOW_MASK > limit:
+                if (packed >> _META_BITS & _EXP_MASK) / 10.0 > now:
                     decision = self._unpack(packed, family, plen, key)
-                    if decision.expires > now:
-                        if not complete and decision.type == "ban":
-                            return [decision]
-                        found.append(decision)
+                    if not complete and decision.type == "ban":
+                        return [decision]
+                    found.append(decision)
         if len(found) > 1:
             found.sort(key=lambda d: (d.severity, -d.expires))
         return found
@@ -324,18 +390,19 @@ class DecisionIndex:
         """Forget decisions past their own expiry, whether or not LAPI said so."""
         removed = 0
         limit = int(now * 10.0) << _META_BITS | _META_MASK
-        for top, (lows, packs, ids) in list(self._v4.items()):
-            if min(packs) > limit:
+        for top, bucket in enumerate(self._v4):
+            if bucket is None or min(_bucket_packs(bucket)) > limit:
                 continue
-            keep = [i for i in range(len(packs)) if packs[i] > limit and
-                    _expiry(packs[i]) > now]
-            removed += len(packs) - len(keep)
+            lows, pairs = _rows(bucket)
+            keep = [i for i in range(len(lows))
+                    if pairs[2 * i] > limit and _expiry(pairs[2 * i]) > now]
+            removed += len(lows) - len(keep)
             if keep:
-                self._v4[top] = (array("H", [lows[i] for i in keep]),
-                                 array("Q", [packs[i] for i in keep]),
-                                 array("Q", [ids[i] for i in keep]))
+                lows = array("H", [lows[i] for i in keep])
+                pairs = array("Q", [v for i in keep for v in (pairs[2 * i], pairs[2 * i + 1])])
+                self._v4[top] = _frozen(lows, pairs) if self._shared else (lows, pairs)
             else:
-                del self._v4[top]
+                self._v4[top] = None
         for family, tables in self._tables.items():
             for table in tables.values():
                 stale = [key for key, entry in table.items()
@@ -356,8 +423,8 @@ class DecisionIndex:
     def counts(self) -> dict[tuple[str, int], int]:
         """Decisions held by (scope, family), for metrics and the status line."""
         result: dict[tuple[str, int], int] = {}
-        for _lows, packs, _ids in self._v4.values():
-            for packed in packs:
+        for bucket in self._v4:
+            for packed in () if bucket is None else _bucket_packs(bucket):
                 scope = self._metas[packed & _META_MASK][1]
                 result[(scope, 4)] = result.get((scope, 4), 0) + 1
         for family, tables in self._tables.items():
@@ -370,9 +437,12 @@ class DecisionIndex:
 
     def decisions(self) -> Iterable[Decision]:
         """Every decision held (expired ones included until the next `expire`)."""
-        for top, (lows, packs, ids) in self._v4.items():
-            for low, packed, ident in zip(lows, packs, ids, strict=True):
-                yield self._unpack(ident << 64 | packed, 4, 32, top << 16 | low)
+        for top, bucket in enumerate(self._v4):
+            if bucket is not None:
+                lows, pairs = _rows(bucket)
+                for i, low in enumerate(lows):
+                    yield self._unpack(pairs[2 * i + 1] << 64 | pairs[2 * i], 4, 32,
+                                       top << 16 | low)
         for family, tables in self._tables.items():
             for plen, table in tables.items():
                 for key, entry in table.items():

@@ -138,10 +138,9 @@ class Policy:
         key = address_key(ip)
         if key is None:
             return None
-        family, number = key
+        family, number, text = key
         if self.is_trusted(family, number):
             return None
-        text = str(ipaddress.ip_address(number) if family == 6 else ipaddress.IPv4Address(number))
         decisions = self.source.lookup(family, number, text)
         if decisions is None:
             self.tally.inc("lookup", "unavailable")

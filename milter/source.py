@@ -127,7 +127,7 @@ class StreamSource:
     def lookup(self, family: int, number: int, text: str) -> list[Decision] | None:
         if not self._synced:
             return None
-        return self._index.lookup(family, number, self._clock(), complete=False)
+        return self._index.lookup(family, number, self._clock(), False, text)
 
     def pull_once(self) -> bool:
         """One pull (a full resync when due or after a failure); False if it failed.

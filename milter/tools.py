@@ -56,8 +56,8 @@ def lookup(ip: str, settings: Settings) -> int:
                         unavailable_reply=settings.unavailable_reply,
                         on_lapi_error=settings.on_lapi_error,
                         trusted=settings.trusted_networks, dry_run=settings.dry_run)
-        family, number = address_key(ip)  # type: ignore[misc]
-        decisions = source.lookup(family, number, ip)
+        family, number, text = address_key(ip)  # type: ignore[misc]
+        decisions = source.lookup(family, number, text)
         if decisions is None:
             print(f"LAPI could not answer; clients get: {settings.on_lapi_error}")
             return 1

@@ -24,7 +24,7 @@ def add(index: DecisionIndex, ident: int, value: str, type_: str = "ban",
 def look(index: DecisionIndex, ip: str, now: float = NOW) -> list[Decision]:
     key = address_key(ip)
     assert key is not None
-    return index.lookup(*key, now)
+    return index.lookup(key[0], key[1], now)
 
 
 def test_ip_ban_does_not_touch_a_string_superset_address() -> None:
@@ -53,10 +53,12 @@ def test_ipv4_mapped_client_matches_ipv4_decision() -> None:
 
 
 def test_address_key_forms() -> None:
-    assert address_key("192.0.2.1") == (4, 0xC0000201)
+    assert address_key("192.0.2.1") == (4, 0xC0000201, "192.0.2.1")
     assert address_key("IPv6:2001:db8::1") == address_key("2001:db8::1")
     assert address_key("fe80::1%eth0") == address_key("fe80::1")
-    assert address_key("[::1]") == (6, 1)
+    assert address_key("[::1]") == (6, 1, "::1")
+    assert address_key("::FFFF:192.0.2.1") == (4, 0xC0000201, "192.0.2.1")
+    assert address_key("[2001:DB8:0::1]") == (6, 0x20010DB8 << 96 | 1, "2001:db8::1")
     for bad in ("", "unknown", "localhost", "1.2.3", "1.2.3.4.5", "::g", "[1.2.3.4", "/tmp/s"):
         assert address_key(bad) is None, bad
 
@@ -80,11 +82,11 @@ def test_incomplete_lookup_stops_at_the_first_ban_with_the_same_verdict() -> Non
     add(index, 2, "192.0.2.1", type_="ban")
     add(index, 3, "192.0.2.0/16", type_="ban", scope="Range")
     key = address_key("192.0.2.1")
-    assert [d.id for d in index.lookup(*key, NOW, complete=False)] == [2]  # type: ignore[misc]
+    assert [d.id for d in index.lookup(key[0], key[1], NOW, complete=False)] == [2]  # type: ignore[index]
     key = address_key("192.0.2.9")
-    assert [d.id for d in index.lookup(*key, NOW, complete=False)] == [3]  # type: ignore[misc]
+    assert [d.id for d in index.lookup(key[0], key[1], NOW, complete=False)] == [3]  # type: ignore[index]
     add(index, 4, "192.0.2.9", type_="captcha")
-    got = index.lookup(*key, NOW, complete=False)  # type: ignore[misc]
+    got = index.lookup(key[0], key[1], NOW, complete=False)  # type: ignore[index]
     assert got[0].type == "ban"
 
 
@@ -161,3 +163,22 @@ def test_index_agrees_with_brute_force(nets, probes, removals, private) -> None:
         got = {d.id for d in look(index, str(ip))}
         assert got == _ref_match(held, ip), str(ip)
     assert len(index) == len(held)
+
+
+def test_a_low_half_straddling_two_entries_is_no_match() -> None:
+    # 10.0.1.2 and 10.0.3.4 share a bucket; their low halves side by side hold the bytes of
+    # 10.0.4.1's (or 10.0.2.3's, by byte order) at an odd offset
+    index = DecisionIndex()
+    add(index, 10**9 << 20, "10.0.1.2")  # an id whose bits, misread, look like a live entry
+    add(index, 2, "10.0.3.4")
+    assert look(index, "10.0.4.1") == [] and look(index, "10.0.2.3") == []
+    assert [d.id for d in look(index, "10.0.3.4")] == [2]
+
+
+def test_the_callers_canonical_text_is_the_value_of_an_address_hit() -> None:
+    index = DecisionIndex()
+    add(index, 1, "192.0.2.77")
+    family, number, text = address_key("::ffff:192.0.2.77")  # type: ignore[misc]
+    with_text = index.lookup(family, number, NOW, False, text)
+    assert with_text == index.lookup(family, number, NOW, False)
+    assert with_text[0].value == "192.0.2.77"

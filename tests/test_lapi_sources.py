@@ -17,7 +17,7 @@ from lapi_server import FakeLapi, Fault
 def key(ip: str) -> tuple[int, int]:
     k = address_key(ip)
     assert k is not None
-    return k
+    return k[0], k[1]
 
 
 def client(url: str, key_: str = "test-key", timeout: float = 2.0, **kw) -> LapiClient:
