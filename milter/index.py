@@ -75,6 +75,7 @@ _META_MASK = (1 << _META_BITS) - 1
 _EXP_MASK = (1 << 44) - 1
 _LOW_MASK = (1 << 64) - 1  # expiry and meta slot, without the id
 _ID_LIMIT = 1 << 64  # ids that fit an unsigned 64-bit array slot
+_EXP_LIMIT = _EXP_MASK / 10.0
 
 
 def _positions(values: array, value: int) -> list[int]:
@@ -94,26 +95,28 @@ Entry = int | tuple[int, ...]
 # object: n low halves of the addresses (2 bytes each, native order), then n (packed,
 # id) pairs of 8-byte words. One object, its data inline, is what keeps a hit to a few
 # cache misses; a lookup finds the low half with bytes.find. While an index is built
-# privately a bucket is (array "H" of lows, array "Q" of pairs), grown in place.
-Bucket = bytes | tuple[array, array]
+# privately a bucket is (bytearray of lows, array "Q" of pairs), grown in place.
+Bucket = bytes | tuple[bytearray, array]
 _ORDER = sys.byteorder
 _PAIR = struct.Struct("=QQ").unpack_from
 _new = tuple.__new__  # builds a Decision without NamedTuple's Python-level __new__
 
 
 def _rows(bucket: Bucket) -> tuple[array, array]:
-    """A bucket as arrays (lows, pairs); fresh copies for a frozen bucket."""
+    """A bucket as arrays (lows, pairs) to edit; copies, except a private bucket's pairs."""
+    lows = array("H")
     if bucket.__class__ is not bytes:
-        return bucket  # type: ignore[return-value]
+        lows.frombytes(bucket[0])  # type: ignore[arg-type]
+        return lows, bucket[1]  # type: ignore[return-value]
     end = len(bucket) // 9
-    lows, pairs = array("H"), array("Q")
+    pairs = array("Q")
     lows.frombytes(bucket[:end])  # type: ignore[index]
     pairs.frombytes(bucket[end:])  # type: ignore[index]
     return lows, pairs
 
 
-def _frozen(lows: array, pairs: array) -> bytes:
-    return lows.tobytes() + pairs.tobytes()
+def _frozen(lows: array | bytearray, pairs: array) -> bytes:
+    return bytes(lows) + pairs.tobytes()
 
 
 def _bucket_packs(bucket: Bucket) -> Iterable[int]:
@@ -226,11 +229,27 @@ class DecisionIndex:
     def add_ipv4(self, ident: int, number: int, meta: tuple[str, str, str, str],
                  expires: float) -> bool:
         """`add` for an Ip decision on an IPv4 address already parsed (the startup fast
-        path); False when the id does not fit, and `add` must be used."""
+        path, a million times in a row: hence flat); False when the id does not fit, and
+        `add` must be used."""
         if not 0 <= ident < _ID_LIMIT:
             return False
-        self._count += 1 - self._bucket_put(number, ident, self._pack_low(meta, expires),
-                                            False)
+        slot = self._meta_ids.get(meta)
+        if slot is None or not 0.0 <= expires < _EXP_LIMIT:
+            low_pack = self._pack_low(meta, expires)
+        else:
+            tenths = int(expires * 10.0)
+            low_pack = (tenths + (tenths < expires * 10.0)) << _META_BITS | slot  # ceil
+        bucket = self._v4[number >> 16]
+        if bucket.__class__ is tuple and not self._shared:
+            lows, pairs = bucket  # type: ignore[misc]
+            pattern = (number & 0xFFFF).to_bytes(2, _ORDER)
+            if lows.find(pattern) < 0:  # a new address: nothing to replace
+                lows += pattern
+                pairs.append(low_pack)
+                pairs.append(ident)
+                self._count += 1
+                return True
+        self._count += 1 - self._bucket_put(number, ident, low_pack, False)
         return True
 
     def _unpack(self, packed: int, family: int, plen: int, key: int) -> Decision:
@@ -254,18 +273,9 @@ class DecisionIndex:
         if bucket is None:
             if drop_only:
                 return 0
-            lows, pairs = array("H", (low,)), array("Q", (low_pack, ident))
-            self._v4[top] = _frozen(lows, pairs) if self._shared else (lows, pairs)
+            self._store(top, array("H", (low,)), array("Q", (low_pack, ident)))
             return 0
-        if not self._shared and bucket.__class__ is not bytes:
-            lows, pairs = bucket  # type: ignore[misc]
-            if not drop_only and low not in lows:
-                lows.append(low)  # the startup path: a new address, nothing to replace
-                pairs.append(low_pack)
-                pairs.append(ident)
-                return 0
-        else:
-            lows, pairs = _rows(bucket)  # copies: readers keep the bucket they hold
+        lows, pairs = _rows(bucket)  # copies of a frozen bucket: readers keep theirs
         gone = [i for i in _positions(lows, low) if pairs[2 * i + 1] == ident]
         for i in reversed(gone):
             del lows[i], pairs[2 * i:2 * i + 2]
@@ -273,11 +283,17 @@ class DecisionIndex:
             lows.append(low)
             pairs.append(low_pack)
             pairs.append(ident)
+        self._store(top, lows, pairs)
+        return len(gone)
+
+    def _store(self, top: int, lows: array, pairs: array) -> None:
+        """Put a bucket back: frozen once readers can see the index, growable before."""
         if not lows:
             self._v4[top] = None
+        elif self._shared:
+            self._v4[top] = _frozen(lows, pairs)
         else:
-            self._v4[top] = _frozen(lows, pairs) if self._shared else (lows, pairs)
-        return len(gone)
+            self._v4[top] = (bytearray(lows.tobytes()), pairs)
 
     def add(self, decision: Decision, net: Network) -> None:
         """Hold one more decision; a decision with an id already held there replaces it."""
@@ -397,12 +413,8 @@ class DecisionIndex:
             keep = [i for i in range(len(lows))
                     if pairs[2 * i] > limit and _expiry(pairs[2 * i]) > now]
             removed += len(lows) - len(keep)
-            if keep:
-                lows = array("H", [lows[i] for i in keep])
-                pairs = array("Q", [v for i in keep for v in (pairs[2 * i], pairs[2 * i + 1])])
-                self._v4[top] = _frozen(lows, pairs) if self._shared else (lows, pairs)
-            else:
-                self._v4[top] = None
+            self._store(top, array("H", [lows[i] for i in keep]),
+                        array("Q", [v for i in keep for v in (pairs[2 * i], pairs[2 * i + 1])]))
         for family, tables in self._tables.items():
             for table in tables.values():
                 stale = [key for key, entry in table.items()
