@@ -12,7 +12,6 @@ counted and the count reported in the operational log, never lost silently.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import errno
 import json
 import logging
@@ -38,7 +37,11 @@ def clean_text(value: object, limit: int = FIELD_LIMIT) -> str:
     if isinstance(value, bytes):
         text = value.decode("utf-8", "backslashreplace")
     else:
-        text = str(value).translate(_SURROGATES)
+        text = str(value)
+        if text.isascii():  # nearly every value: no surrogates, one byte a character
+            return text if len(text) <= limit else \
+                f"{text[:limit]}...[cut {len(text) - limit} bytes]"
+        text = text.translate(_SURROGATES)
     data = text.encode("utf-8", "backslashreplace")
     if len(data) <= limit:
         return text
@@ -47,8 +50,9 @@ def clean_text(value: object, limit: int = FIELD_LIMIT) -> str:
 
 
 def rfc3339(timestamp: float) -> str:
-    moment = dt.datetime.fromtimestamp(timestamp, dt.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}Z"
+    seconds = int(timestamp // 1)
+    micros = int((timestamp - seconds) * 1e6)
+    return time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(seconds)) + f"{micros:06d}Z"
 
 
 def format_event(event: str, fields: dict[str, Any], timestamp: float) -> str:
@@ -64,7 +68,7 @@ def format_event(event: str, fields: dict[str, Any], timestamp: float) -> str:
     line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
     # JSON leaves these raw, but many line readers (Python's splitlines among them) break
     # lines there: escape them so a line stays a line for every reader.
-    return line.translate(_LINE_BREAKS) + "\n"
+    return (line if line.isascii() else line.translate(_LINE_BREAKS)) + "\n"
 
 
 class _Sink:
