@@ -92,7 +92,8 @@ def bench_postfix(rows: list, smoke: bool = False) -> None:
                              f"{base / t:.2f}" if not ours else "-",
                              f"smtp-source -s {sessions} -m {messages} -r 2 (1 accepted + 1 "
                              f"rejected rcpt); median {t:.2f} s vs {base:.2f} s, {rounds} rounds"))
-                print(f"  {rows[-1]}", flush=True)
+                figure, ours_v, other_v, note = rows[-1]
+                print(f"  {figure}: ours {ours_v} | other {other_v} | {note}", flush=True)
         events = (work / "events.log").read_text().count("\n")
         print(f"  (crowdsec-milter wrote {events} rcpt_rejected event lines)")
     finally:
