@@ -74,6 +74,16 @@ class _Reader:
             raise StreamFormatError(f"expected {char!r}, found {got[:1]!r}")
         self.pos += 1
 
+    def closes(self, close: str) -> bool:
+        """After an item: consume ',' (False, more follow) or `close` (True, the end)."""
+        sep = self.peek()
+        self.pos += 1
+        if sep == close:
+            return True
+        if sep != ",":
+            raise StreamFormatError(f"expected ',' or {close!r}, found {sep!r}")
+        return False
+
     def value(self) -> Any:
         """One complete JSON value, reading more chunks until it is whole."""
         self.peek()
@@ -92,6 +102,24 @@ class _Reader:
             return value
 
 
+def _elements(r: _Reader) -> Iterator[Any]:
+    """The elements of the array whose '[' is next, or nothing for a `null` there."""
+    head = r.peek()
+    if head != "[":
+        value = r.value()
+        if value is not None:
+            raise StreamFormatError(f"a {type(value).__name__}, not a list")
+        return
+    r.pos += 1
+    if r.peek() == "]":
+        r.pos += 1
+        return
+    while True:
+        yield r.value()
+        if r.closes("]"):
+            return
+
+
 def iter_arrays(chunks: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
     """(key, element) for each element of each array in the top-level object.
 
@@ -108,29 +136,25 @@ def iter_arrays(chunks: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
             if not isinstance(key, str):
                 raise StreamFormatError("object key is not a string")
             r.expect(":")
-            head = r.peek()
-            if head == "[":
-                r.pos += 1
-                if r.peek() == "]":
-                    r.pos += 1
-                else:
-                    while True:
-                        yield key, r.value()
-                        sep = r.peek()
-                        r.pos += 1
-                        if sep == "]":
-                            break
-                        if sep != ",":
-                            raise StreamFormatError(f"expected ',' or ']', found {sep!r}")
-            else:
-                value = r.value()
-                if value is not None:
-                    raise StreamFormatError(f"{key!r} is a {type(value).__name__}, not a list")
-            sep = r.peek()
-            r.pos += 1
-            if sep == "}":
+            try:
+                for element in _elements(r):
+                    yield key, element
+            except StreamFormatError as exc:
+                raise StreamFormatError(f"{key!r}: {exc}") from None
+            if r.closes("}"):
                 break
-            if sep != ",":
-                raise StreamFormatError(f"expected ',' or '}}', found {sep!r}")
+    _end(r)
+
+
+def iter_list(chunks: Iterable[bytes]) -> Iterator[Any]:
+    """Each element of a top-level array (`GET /v1/decisions`); `null` is an empty one."""
+    r = _Reader(chunks)
+    if r.peek() not in ("[", "n"):
+        raise StreamFormatError(f"expected a list or null, found {r.peek()[:1]!r}")
+    yield from _elements(r)
+    _end(r)
+
+
+def _end(r: _Reader) -> None:
     if r.peek() != "":
-        raise StreamFormatError("text after the JSON object")
+        raise StreamFormatError("text after the JSON value")

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from . import __version__
-from .jsonstream import StreamFormatError, iter_arrays
+from .jsonstream import StreamFormatError, iter_arrays, iter_list
 
 USER_AGENT = f"crowdsec-milter/{__version__}"
 
@@ -148,6 +148,15 @@ class LapiClient:
                         yield key, item
             except StreamFormatError as exc:
                 raise LapiError("decode", f"stream answer is not usable: {exc}") from exc
+
+    def active_decisions(self) -> Iterator[Any]:
+        """Every active decision (`GET /v1/decisions` with no filter), read one at a time.
+        Unlike a stream pull it leaves a running milter's stream cursor alone."""
+        with self._open("v1/decisions", {}, self._startup_timeout) as chunks:
+            try:
+                yield from iter_list(chunks)
+            except StreamFormatError as exc:
+                raise LapiError("decode", f"decisions answer is not usable: {exc}") from exc
 
     def query(self, ip: str) -> list[Any]:
         """The decisions LAPI holds on one address (Ranges covering it included)."""

@@ -1,16 +1,21 @@
 """Operator tools: `crowdsec-milter check` and `crowdsec-milter lookup IP`.
 
-Both ask LAPI with `GET /v1/decisions?ip=` only. They never pull the decision stream: LAPI
-keeps one stream cursor per bouncer key, and a pull from here would steal the running
-milter's delta. (LAPI moves that cursor on `?ip=` only when the key's last pull is a minute
-old or more, which a stream-mode milter never lets happen.)
+Both ask LAPI with `GET /v1/decisions` only (`?ip=`, and unfiltered for the count). They
+never pull the decision stream: LAPI keeps one stream cursor per bouncer key, and a pull from
+here would steal the running milter's delta. (LAPI moves that cursor on `/v1/decisions` only
+when the key's last pull is a minute old or more, which a stream-mode milter never lets
+happen.)
 """
 
 from __future__ import annotations
 
 import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
 
 from .app import make_client
+from .decisions import DecisionError, parse_decision
 from .index import address_key
 from .lapi import LapiError
 from .policy import Policy, Stage
@@ -35,11 +40,41 @@ def check(settings: Settings) -> int:
             print(f"bouncer credentials: FAILED ({exc.kind}): {exc}")
             return 1
         print(f"bouncer credentials: accepted ({len(found)} decision(s) on {PROBE_IP})")
+        try:
+            print(f"active decisions: {count_decisions(client.active_decisions())}")
+        except LapiError as exc:
+            print(f"active decisions: could not be counted ({exc.kind}): {exc}")
+            return 1
         print(f"mode {settings.mode}, stage {settings.stage}, "
               f"on LAPI error: {settings.on_lapi_error}")
         return 0
     finally:
         client.close()
+
+
+def count_decisions(items: Iterable[object]) -> str:
+    """'N (ban Ip: a, ban Range: b, ...)' for the decisions the milter would hold; those it
+    would skip (other scopes, bad values) are counted apart."""
+    now = time.monotonic()
+    counts: Counter[str] = Counter()
+    other = bad = 0
+    for item in items:
+        try:
+            parsed = parse_decision(item, now)
+        except DecisionError:
+            bad += 1
+            continue
+        if parsed is None:
+            other += 1
+        else:
+            counts[f"{parsed[0].type} {parsed[0].scope}"] += 1
+    detail = ", ".join(f"{name}: {n}" for name, n in sorted(counts.items()))
+    text = f"{sum(counts.values())}" + (f" ({detail})" if detail else "")
+    if other:
+        text += f"; {other} of other scopes (not used)"
+    if bad:
+        text += f"; {bad} unusable (skipped)"
+    return text
 
 
 def lookup(ip: str, settings: Settings) -> int:
@@ -61,9 +96,10 @@ def lookup(ip: str, settings: Settings) -> int:
         if decisions is None:
             print(f"LAPI could not answer; clients get: {settings.on_lapi_error}")
             return 1
+        now = time.monotonic()
         for d in decisions:
             print(f"decision id={d.id} type={d.type} scope={d.scope} value={d.value} "
-                  f"origin={d.origin} scenario={d.scenario} expires_in={d.expires - _now():.0f}s")
+                  f"origin={d.origin} scenario={d.scenario} expires_in={d.expires - now:.0f}s")
         if not decisions:
             print("no decision covers this address")
         verdict = policy.check(ip)
@@ -80,8 +116,3 @@ def lookup(ip: str, settings: Settings) -> int:
     finally:
         client.close()
 
-
-def _now() -> float:
-    import time
-
-    return time.monotonic()

@@ -79,13 +79,26 @@ class FakeLapi:
             if path == "/v1/decisions":
                 import ipaddress
 
-                ip = ipaddress.ip_address(query.get("ip", [""])[0])
-                hits = [d for d in self.decisions.values()
-                        if ip in ipaddress.ip_network(d["value"], strict=False)]
+                if "ip" not in query:  # no filter: every active decision
+                    return 200, list(self.decisions.values()) or None
+                ip = ipaddress.ip_address(query["ip"][0])
+                hits = [d for d in self.decisions.values() if _covers(d, ip)]
                 return 200, hits or None
             if path == "/health":
                 return 200, {"status": "up"}
         return 404, {"message": "not found"}
+
+
+def _covers(decision: dict[str, Any], ip: Any) -> bool:
+    """LAPI matches `?ip=` against Ip and Range rows only (kept as numbers, never bad)."""
+    import ipaddress
+
+    if decision["scope"].lower() not in ("ip", "range"):
+        return False
+    try:
+        return ip in ipaddress.ip_network(decision["value"], strict=False)
+    except ValueError:
+        return False
 
 
 def serve(lapi: FakeLapi) -> tuple[ThreadingHTTPServer, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import Milter
 from crowdsec_milter.decisions import DecisionError, parse_decision
 from crowdsec_milter.events import EventWriter, clean_text
-from crowdsec_milter.jsonstream import StreamFormatError, iter_arrays
+from crowdsec_milter.jsonstream import StreamFormatError, iter_arrays, iter_list
 from crowdsec_milter.policy import Stage
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -104,16 +104,20 @@ def test_decision_decoder_only_raises_decision_error(item) -> None:
                       json_values.map(lambda v: json.dumps(v).encode()),
                       st.dictionaries(st.sampled_from(["new", "deleted"]),
                                       st.one_of(st.none(), st.lists(decision_like, max_size=3)))
-                      .map(lambda v: json.dumps(v).encode())),
+                      .map(lambda v: json.dumps(v).encode()),
+                      st.lists(decision_like, max_size=3).map(lambda v: json.dumps(v).encode())),
        size=st.integers(1, 50))
-def test_stream_decoder_only_raises_its_error(body: bytes, size: int) -> None:
+def test_stream_decoders_only_raise_their_error(body: bytes, size: int) -> None:
+    """Both walkers: the stream object (`/v1/decisions/stream`) and the plain list
+    (`/v1/decisions`, what `check` counts)."""
     chunks = [body[i:i + size] for i in range(0, len(body), size)]
-    try:
-        for _key, item in iter_arrays(chunks):
-            with contextlib.suppress(DecisionError):
-                parse_decision(item, 0.0)
-    except StreamFormatError:
-        pass
+    for items in ((item for _key, item in iter_arrays(chunks)), iter_list(chunks)):
+        try:
+            for item in items:
+                with contextlib.suppress(DecisionError):
+                    parse_decision(item, 0.0)
+        except StreamFormatError:
+            pass
 
 
 def test_fuzz_writes_valid_event_lines(tmp_path: Path) -> None:

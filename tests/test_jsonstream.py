@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from crowdsec_milter.jsonstream import StreamFormatError, iter_arrays
+from crowdsec_milter.jsonstream import StreamFormatError, iter_arrays, iter_list
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -57,3 +57,20 @@ def test_empty_object_and_nulls() -> None:
     assert list(iter_arrays([b"{}"])) == []
     assert list(iter_arrays([b'{"new": null, "deleted": null}'])) == []
     assert list(iter_arrays([b'{"new": [], "deleted": []}'])) == []
+
+
+@given(items=st.one_of(st.none(), st.lists(elements, max_size=8)), size=st.integers(1, 64),
+       indent=st.sampled_from([None, 0, 2]))
+def test_list_matches_json_loads_for_any_chunking(items: list | None, size: int,
+                                                  indent: int | None) -> None:
+    data = json.dumps(items, indent=indent, ensure_ascii=False).encode()
+    assert list(iter_list(chunked(data, size))) == (items or [])
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"{}", b'{"new": []}', b"5", b'"x"', b"[1, 2", b"[1 2]", b"[1] x", b"[1,]",
+             b"nul", b"null x", b"true"],
+)
+def test_malformed_lists_raise(body: bytes) -> None:
+    with pytest.raises(StreamFormatError):
+        list(iter_list(chunked(body, 3)))

@@ -79,6 +79,24 @@ def test_oversized_answer_is_refused(fake_lapi: tuple[FakeLapi, str]) -> None:
     assert err.value.kind == "too_large"
 
 
+def test_active_decisions_listed_or_one_error(fake_lapi: tuple[FakeLapi, str]) -> None:
+    """`check` counts these: the unfiltered list, read one decision at a time."""
+    lapi, url = fake_lapi
+    assert list(client(url).active_decisions()) == []  # LAPI's `null`
+    lapi.add("203.0.113.7")
+    lapi.add("10.9.0.0/16", scope="Range", type_="captcha")
+    got = list(client(url).active_decisions())
+    assert [(d["value"], d["type"]) for d in got] == [("203.0.113.7", "ban"),
+                                                      ("10.9.0.0/16", "captcha")]
+    assert "ip" not in lapi.requests[-1][1] and lapi.count("/v1/decisions/stream") == 0
+    for body, kind in ((b'[{"id": 1, "sco', "decode"), (b'{"new": []}', "decode"),
+                       (b"[" + b'{"x": 1},' * 20000 + b"{}]", "too_large")):
+        lapi.fault = Fault(body=body)
+        with pytest.raises(LapiError) as err:
+            list(client(url, max_bytes=100_000).active_decisions())
+        assert err.value.kind == kind
+
+
 def test_stream_startup_then_deltas(fake_lapi: tuple[FakeLapi, str]) -> None:
     lapi, url = fake_lapi
     a = lapi.add("203.0.113.7")

@@ -124,6 +124,14 @@ def test_check_and_lookup(fake_lapi: tuple[FakeLapi, str]) -> None:
     lapi.add("203.0.113.0/24", scope="Range", scenario="crowdsecurity/postfix-spam")
     result = run_tool("check", url=url)
     assert result.returncode == 0 and "accepted" in result.stdout, result.stdout
+    assert "active decisions: 1 (ban Range: 1)\n" in result.stdout
+    lapi.add("2001:db8::7", type_="captcha")
+    lapi.add("203.0.113.8")
+    lapi.add("AS64496", scope="AS")
+    lapi.add("not-an-ip")
+    result = run_tool("check", url=url)
+    assert "active decisions: 3 (ban Ip: 1, ban Range: 1, captcha Ip: 1); " \
+           "1 of other scopes (not used); 1 unusable (skipped)" in result.stdout, result.stdout
     result = run_tool("check", url=url, key="wrong")
     assert result.returncode == 1 and "FAILED (auth)" in result.stdout
     assert "wrong" not in result.stdout.replace("FAILED", "")

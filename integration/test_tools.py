@@ -1,0 +1,70 @@
+"""The operator tools against Debian's real CrowdSec LAPI: `check` counts what LAPI holds,
+`lookup` says what the milter would answer, and neither steals a running milter's delta."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from milter_process import EXE
+from real_crowdsec import CrowdSec
+
+pytestmark = pytest.mark.integration
+
+
+def tool(*args: str, url: str, key_file: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EXE, *args, "--lapi-url", url, "--api-key-file", str(key_file)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_check_and_lookup_on_real_lapi(tmp_path: Path) -> None:
+    from crowdsec_milter.index import address_key
+    from crowdsec_milter.lapi import LapiClient
+    from crowdsec_milter.source import StreamSource
+
+    cs = CrowdSec(tmp_path / "cs").start()
+    try:
+        key = cs.add_bouncer("milter")
+        key_file = tmp_path / "key"
+        key_file.write_text(key + "\n")
+        key_file.chmod(0o600)
+
+        result = tool("check", url=cs.lapi_url, key_file=key_file)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "active decisions: 0\n" in result.stdout
+
+        # A running stream-mode milter on the same key: its startup pull, then the tools.
+        client = LapiClient(cs.lapi_url, key, 5.0)
+        source = StreamSource(client, 10.0)
+        assert source.pull_once()
+        cs.add_decision(ip="203.0.113.5")
+        cs.add_decision(range_="198.51.100.0/24", type_="captcha")
+        cs.add_decision(ip="2001:db8::5")
+
+        result = tool("check", url=cs.lapi_url, key_file=key_file)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "active decisions: 3 (ban Ip: 2, captcha Range: 1)\n" in result.stdout
+        assert key not in result.stdout + result.stderr
+
+        result = tool("lookup", "198.51.100.77", url=cs.lapi_url, key_file=key_file)
+        assert result.returncode == 3, result.stdout + result.stderr
+        assert "type=captcha scope=Range value=198.51.100.0/24" in result.stdout
+        assert "tempfail at connect" in result.stdout and "451 4.7.1" in result.stdout
+        result = tool("lookup", "192.0.2.200", url=cs.lapi_url, key_file=key_file)
+        assert result.returncode == 0 and "no decision covers this address" in result.stdout
+
+        # The milter's next delta still brings all three: the tools left its cursor alone.
+        assert source.pull_once()
+        for ip in ("203.0.113.5", "198.51.100.77", "2001:db8::5"):
+            k = address_key(ip)
+            assert k is not None and source.lookup(*k), ip
+        client.close()
+
+        result = tool("check", url=cs.lapi_url, key_file=tmp_path / "missing")
+        assert result.returncode == 2 and "--api-key-file" in result.stderr
+        key_file.write_text("not-the-key\n")
+        result = tool("check", url=cs.lapi_url, key_file=key_file)
+        assert result.returncode == 1 and "FAILED (auth)" in result.stdout
+    finally:
+        cs.stop()
