@@ -52,6 +52,7 @@ class BlobLapi:
     def __init__(self, body: bytes, key: str = "bench-key") -> None:
         self.body = body
         self.live_requests = 0
+        counting = threading.Lock()
         lapi = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -68,7 +69,8 @@ class BlobLapi:
                     self._send(200, lapi.body if "startup=true" in self.path
                                else b'{"deleted":null,"new":null}')
                 elif self.path.startswith("/v1/decisions"):
-                    lapi.live_requests += 1
+                    with counting:
+                        lapi.live_requests += 1
                     self._send(200, b"null")
                 else:
                     self._send(404, b"{}")
@@ -80,7 +82,13 @@ class BlobLapi:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            # socketserver's default backlog is 5: with 32 client threads, connection
+            # attempts were dropped and retried a second later, past the 2 s timeout. Go's
+            # listener (the real LAPI) uses the system's somaxconn.
+            request_queue_size = 128
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

@@ -155,6 +155,9 @@ def serve(lapi: FakeLapi) -> tuple[ThreadingHTTPServer, str]:
 
     class Server(ThreadingHTTPServer):
         daemon_threads = True
+        # as a real LAPI listens (Go uses somaxconn); socketserver's default of 5 drops
+        # connection attempts from many threads at once, which then look like timeouts
+        request_queue_size = 128
 
         def handle_error(self, request: Any, client_address: Any) -> None:
             pass  # clients that time out and hang up are what the fault tests are about
