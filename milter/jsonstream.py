@@ -105,6 +105,8 @@ class _Reader:
 def _elements(r: _Reader) -> Iterator[Any]:
     """The elements of the array whose '[' is next, or nothing for a `null` there."""
     head = r.peek()
+    if head not in ("[", "n"):  # refused before decoding what may be a large value
+        raise StreamFormatError(f"expected a list or null, found {head[:1]!r}")
     if head != "[":
         value = r.value()
         if value is not None:
@@ -149,8 +151,6 @@ def iter_arrays(chunks: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
 def iter_list(chunks: Iterable[bytes]) -> Iterator[Any]:
     """Each element of a top-level array (`GET /v1/decisions`); `null` is an empty one."""
     r = _Reader(chunks)
-    if r.peek() not in ("[", "n"):
-        raise StreamFormatError(f"expected a list or null, found {r.peek()[:1]!r}")
     yield from _elements(r)
     _end(r)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,22 +141,24 @@ class LapiClient:
         Raises LapiError, possibly after some pairs were given: use them only at the end."""
         params = {"startup": "true" if startup else "false"}
         timeout = self._startup_timeout if startup else self._timeout
-        with self._open("v1/decisions/stream", params, timeout) as chunks:
-            try:
-                for key, item in iter_arrays(chunks):
-                    if key in ("new", "deleted"):
-                        yield key, item
-            except StreamFormatError as exc:
-                raise LapiError("decode", f"stream answer is not usable: {exc}") from exc
+        for key, item in self._walk("v1/decisions/stream", params, timeout, iter_arrays):
+            if key in ("new", "deleted"):
+                yield key, item
 
     def active_decisions(self) -> Iterator[Any]:
         """Every active decision (`GET /v1/decisions` with no filter), read one at a time.
         Unlike a stream pull it leaves a running milter's stream cursor alone."""
-        with self._open("v1/decisions", {}, self._startup_timeout) as chunks:
+        return self._walk("v1/decisions", {}, self._startup_timeout, iter_list)
+
+    def _walk(self, path: str, params: dict[str, str], timeout: float,
+              walker: Callable[[Iterator[bytes]], Iterator[Any]]) -> Iterator[Any]:
+        """GET path and give what `walker` reads from the body as it arrives; a body it
+        cannot read is a LapiError of kind decode."""
+        with self._open(path, params, timeout) as chunks:
             try:
-                yield from iter_list(chunks)
+                yield from walker(chunks)
             except StreamFormatError as exc:
-                raise LapiError("decode", f"decisions answer is not usable: {exc}") from exc
+                raise LapiError("decode", f"{path} answer is not usable: {exc}") from exc
 
     def query(self, ip: str) -> list[Any]:
         """The decisions LAPI holds on one address (Ranges covering it included)."""

@@ -7,6 +7,7 @@ hang, a 500, a huge body). It keeps a server-side stream cursor per key like LAP
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 import time
@@ -77,8 +78,6 @@ class FakeLapi:
                 self._pending_deleted.clear()
                 return 200, {"new": new or None, "deleted": deleted or None}
             if path == "/v1/decisions":
-                import ipaddress
-
                 if "ip" not in query:  # no filter: every active decision
                     return 200, list(self.decisions.values()) or None
                 ip = ipaddress.ip_address(query["ip"][0])
@@ -91,8 +90,6 @@ class FakeLapi:
 
 def _covers(decision: dict[str, Any], ip: Any) -> bool:
     """LAPI matches `?ip=` against Ip and Range rows only (kept as numbers, never bad)."""
-    import ipaddress
-
     if decision["scope"].lower() not in ("ip", "range"):
         return False
     try:
