@@ -19,7 +19,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 pkgs=(postfix crowdsec libmilter-dev libmilter1.0.1 swaks miltertest python3-venv python3-dev
       gcc libc6-dev ca-certificates openssl iproute2 procps docker-compose systemd logrotate m4
-      libwrap0 libldap-2.5-0 git)
+      libwrap0 libldap-2.5-0)
 daemons=(postfix crowdsec)
 missing=()
 for p in "${pkgs[@]}"; do
