@@ -84,7 +84,7 @@ readme_commands='set -eu
 echo "== README command 1: bash integration/demo.sh"
 bash integration/demo.sh
 echo "== after the demo: no daemon of the packages may run, none enabled at boot"
-if pgrep -a -x crowdsec || pgrep -a -f "postfix/sbin/master"; then
+if pgrep -a -x crowdsec || pgrep -a -x master; then
   echo "a packaged daemon is running after set-up" >&2; exit 1
 fi
 for unit in crowdsec postfix; do
