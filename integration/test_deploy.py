@@ -287,7 +287,7 @@ def test_build_context_builds_the_package(tmp_path: Path) -> None:
                          timeout=60)
     assert out.returncode == 0, out.stderr
     built = {p.name for p in (tmp_path / "build/lib/crowdsec_milter").glob("*.py")}
-    assert built == {p.name for p in (REPO / "milter").glob("*.py")}
+    assert built == {p.name for p in (REPO / "milter/crowdsec_milter").glob("*.py")}
     entry = (tmp_path / "crowdsec_milter.egg-info/entry_points.txt").read_text()
     assert "crowdsec-milter = crowdsec_milter.cli:main" in entry
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-# Helpers sit beside the tests. The repo root is never put on sys.path: its milter/ folder
-# would shadow pymilter's C extension `milter` (the reason our package is crowdsec_milter).
+# Helpers sit beside the tests.
 sys.path.insert(0, str(Path(__file__).parent))
 
 from lapi_server import FakeLapi, serve
