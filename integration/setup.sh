@@ -59,8 +59,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ "$ours" = 1 ]; then rm -f /usr/sbin/policy-rc.d; ours=0; fi
   # Newly installed daemons are not enabled at boot: the demo and the tests never use them.
   for d in "${new_daemons[@]}"; do
-    if command -v deb-systemd-helper >/dev/null; then
-      deb-systemd-helper disable "$d.service" >/dev/null 2>&1 || true
+    # systemctl edits the unit links itself when systemd is not running (a chroot, a
+    # container); deb-systemd-helper refuses to run outside dpkg.
+    if command -v systemctl >/dev/null; then
+      systemctl disable "$d.service" || true
     fi
     if command -v update-rc.d >/dev/null && [ -e "/etc/init.d/$d" ]; then
       update-rc.d "$d" disable >/dev/null 2>&1 || true
