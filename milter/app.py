@@ -143,6 +143,10 @@ def reload(parts: Parts, old: Settings, argv: list[str]) -> Settings:
     except ConfigError as exc:
         log.error("reload refused, keeping the running config: %s", exc)
         return old
+    except Exception as exc:  # whatever the file holds, SIGHUP must not stop the milter
+        log.error("reload refused, keeping the running config: %s: %s",
+                  type(exc).__name__, exc)
+        return old
     ignored = [n for n in _RESTART_ONLY if getattr(new, n) != getattr(old, n)]
     if ignored:
         log.warning("reload: %s change(s) need a restart; not applied",
