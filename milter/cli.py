@@ -139,7 +139,8 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
                    help="with --stage rcpt, recipients let through even for banned clients "
                         "(repeatable, shell-style) [default: postmaster@* abuse@*]")
     p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
-                   help="serve Prometheus /metrics and /health here (off by default)")
+                   help="serve Prometheus /metrics and /health here, IPv4 or IPv6 "
+                        "(127.0.0.1:9395, [::1]:9395, [::]:9395); off by default")
     p.add_argument("--usage-metrics-interval", type=float, default=d.usage_metrics_interval,
                    help="seconds between remediation usage pushes to LAPI (CrowdSec 1.6.3+); "
                         "0 turns them off")

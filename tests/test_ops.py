@@ -224,3 +224,31 @@ def test_sighup_with_an_unusable_config_file_keeps_the_old_config(started,
         assert Mta(proc.port).connect("203.0.113.7")[0] == "tempfail", spoil.__name__
     assert "Traceback" not in proc.log()
 
+
+def test_metrics_on_ipv6_loopback(started) -> None:
+    _, _, start = started
+    port = free_port()
+    start("--metrics-listen", f"[::1]:{port}")
+    assert httpx.get(f"http://[::1]:{port}/health").status_code == 200
+
+
+def test_metrics_port_in_use_is_one_line_and_a_failed_start(fake_lapi, tmp_path: Path) -> None:
+    import socket
+
+    _, url = fake_lapi
+    key = tmp_path / "key"
+    key.write_text("test-key\n")
+    key.chmod(0o600)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [EXE, "--socket", f"inet:{free_port()}@127.0.0.1", "--lapi-url", url,
+             "--api-key-file", str(key), "--event-log", "none",
+             "--metrics-listen", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0], lines[0]
