@@ -149,3 +149,93 @@ def test_syslog_target_sends_one_tagged_datagram_per_event(tmp_path: Path) -> No
         assert datagram.startswith("<14>crowdsec-milter: {")
         assert "\n" not in datagram
         assert json.loads(datagram.split(": ", 1)[1])["client_ip"] == ip
+
+
+LONE = "\ud800"  # a lone surrogate: valid in a Python str (e.g. JSON "\ud800" from LAPI),
+# encodable in no UTF
+
+
+def test_lone_surrogate_to_a_file_is_escaped_and_later_lines_follow(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    writer = EventWriter(str(path))
+    writer.start()
+    writer.emit("blocked", client_ip="192.0.2.1", scenario=LONE)
+    writer.emit("blocked", client_ip="192.0.2.2", scenario="ok")
+    assert eventually_fast(lambda: len(lines(path)) == 2)
+    writer.stop()
+    raw = path.read_bytes().decode("utf-8")  # strict: the file is valid UTF-8
+    assert "\\ud800" in raw.splitlines()[0]
+    assert [e["scenario"] for e in lines(path)] == [LONE, "ok"]  # JSON readers get it back
+    assert writer.written == 2 and writer.dropped == 0
+
+
+def test_lone_surrogate_to_stdout_is_escaped_and_later_lines_follow() -> None:
+    import subprocess
+    import sys
+
+    script = ("from crowdsec_milter.events import EventWriter\n"
+              "w = EventWriter('-')\n"
+              "w.start()\n"
+              "w.emit('blocked', client_ip='192.0.2.1', scenario='\\ud800')\n"
+              "w.emit('blocked', client_ip='192.0.2.2', scenario='ok')\n"
+              "w.stop()\n"
+              "print('written', w.written, 'dropped', w.dropped)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONIOENCODING"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30,
+                            cwd="/", env=env)
+    out = result.stdout.decode("utf-8").splitlines()  # strict: valid UTF-8
+    assert result.returncode == 0, result.stderr
+    assert len(out) == 3, result.stdout + result.stderr
+    assert [json.loads(x)["scenario"] for x in out[:2]] == [LONE, "ok"]
+    assert "\\ud800" in out[0] and out[2] == "written 2 dropped 0"
+
+
+def test_lone_surrogate_to_syslog_is_escaped_and_later_lines_follow(tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "log.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    server.settimeout(5)
+    writer = EventWriter(f"syslog:{path}")
+    writer.start()
+    writer.emit("blocked", client_ip="192.0.2.1", scenario=LONE)
+    writer.emit("blocked", client_ip="192.0.2.2", scenario="ok")
+    try:
+        got = [server.recv(4096).decode("utf-8") for _ in range(2)]
+    finally:
+        writer.stop()
+        server.close()
+    assert "\\ud800" in got[0]
+    assert [json.loads(x.split(": ", 1)[1])["scenario"] for x in got] == [LONE, "ok"]
+    assert writer.written == 2 and writer.dropped == 0
+
+
+def test_an_unexpected_sink_error_is_counted_reported_and_the_writer_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever a sink raises (here a bug's RuntimeError, once), the batch is counted as
+    dropped, the drop is reported, and the next lines are written."""
+    from crowdsec_milter.events import _Sink
+
+    class FailsOnce(_Sink):
+        failed = False
+
+        def write(self, batch: list[str]) -> None:
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("a bug in a sink")
+            super().write(batch)
+
+    path = tmp_path / "events.log"
+    caplog.set_level(logging.INFO)
+    writer = EventWriter(str(path), linger=0)
+    writer._sink = FailsOnce(str(path))
+    writer.start()
+    writer.emit("blocked", client_ip="192.0.2.1", n=1)
+    assert eventually_fast(lambda: writer.dropped == 1)
+    assert eventually_fast(lambda: "1 line(s) dropped" in caplog.text)  # reported while running
+    assert "RuntimeError: a bug in a sink" in caplog.text
+    writer.emit("blocked", client_ip="192.0.2.1", n=2)
+    assert eventually_fast(lambda: writer.written == 1)
+    writer.stop()
+    assert [e["n"] for e in lines(path)] == [2]

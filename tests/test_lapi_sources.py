@@ -65,6 +65,23 @@ def test_wrong_key_is_auth_error_without_the_key(fake_lapi: tuple[FakeLapi, str]
     assert err.value.kind == "auth" and "secret-wrong-key" not in str(err.value)
 
 
+@pytest.mark.parametrize("bad_key", ["first-half-of-key\nsecond-half-of-key",
+                                     "first-half-of-key\r\nsecond-half-of-key"])
+def test_a_key_that_is_no_header_value_never_reaches_the_error_text(
+        fake_lapi: tuple[FakeLapi, str], bad_key: str) -> None:
+    """The CLI refuses such keys; should one get here anyway, h11's complaint quotes the
+    header value, and that must not carry the key into a log line."""
+    _, url = fake_lapi
+    c = client(url, bad_key)
+    for call in (lambda: c.query("192.0.2.1"), lambda: c.stream(startup=True),
+                 lambda: list(c.active_decisions())):
+        with pytest.raises(LapiError) as err:
+            call()
+        assert "first-half" not in str(err.value) and "second-half" not in str(err.value)
+        assert err.value.kind == "connect" and "<api-key>" in str(err.value)
+    c.close()
+
+
 def test_unreachable_lapi_is_a_connect_error() -> None:
     with pytest.raises(LapiError) as err:
         client("http://127.0.0.1:9/").stream(startup=True)

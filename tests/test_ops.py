@@ -12,6 +12,7 @@ import httpx
 import pytest
 from lapi_server import FakeLapi, Fault
 from milter_process import EXE, MilterProcess, Mta, free_port
+from waiting import eventually
 
 
 @pytest.fixture
@@ -182,3 +183,72 @@ def test_usage_metrics_payload_follows_the_lapi_contract(fake_lapi) -> None:
     lapi.usage_status = 404
     assert not pusher.push_once() and pusher.unsupported
     client.close()
+
+
+def test_sighup_with_an_unusable_config_file_keeps_the_old_config(started,
+                                                                   tmp_path: Path) -> None:
+    """Bad bytes, a deleted file, a directory, a broken line, a bad value: each reload is
+    refused with one log line, and the milter keeps answering with the config it had."""
+    lapi, _, start = started
+    lapi.add("203.0.113.7")
+    conf = tmp_path / "milter.conf"
+    conf.write_text("action = [ban=tempfail]\n")
+    proc = start("-c", str(conf))
+    assert proc.proc is not None
+    assert Mta(proc.port).connect("203.0.113.7")[0] == "tempfail"
+
+    def bad_bytes() -> None:
+        conf.write_bytes(b"action = [ban=reject]\n# caf\xe9\n")
+
+    def deleted() -> None:
+        conf.unlink()
+
+    def directory() -> None:
+        conf.mkdir()
+
+    def broken_line() -> None:
+        conf.rmdir()
+        conf.write_text("action = [ban=reject]\n= oops\n")
+
+    def bad_value() -> None:
+        conf.write_text("action = [ban=reject]\ncache-ttl = soon\n")
+
+    for n, spoil in enumerate((bad_bytes, deleted, directory, broken_line, bad_value), 1):
+        spoil()
+        proc.proc.send_signal(signal.SIGHUP)
+        assert eventually(lambda n=n: proc.log().count("reload refused") == n
+                          or proc.proc.poll() is not None, 10), spoil.__name__
+        assert proc.proc.poll() is None, f"{spoil.__name__}: milter died: {proc.log()[-2000:]}"
+        refused = [x for x in proc.log().splitlines() if "reload refused" in x]
+        assert len(refused) == n and (str(conf) in refused[-1] or "--cache-ttl" in refused[-1])
+        assert Mta(proc.port).connect("203.0.113.7")[0] == "tempfail", spoil.__name__
+    assert "Traceback" not in proc.log()
+
+
+def test_metrics_on_ipv6_loopback(started) -> None:
+    _, _, start = started
+    port = free_port()
+    start("--metrics-listen", f"[::1]:{port}")
+    assert httpx.get(f"http://[::1]:{port}/health").status_code == 200
+
+
+def test_metrics_port_in_use_is_one_line_and_a_failed_start(fake_lapi, tmp_path: Path) -> None:
+    import socket
+
+    _, url = fake_lapi
+    key = tmp_path / "key"
+    key.write_text("test-key\n")
+    key.chmod(0o600)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [EXE, "--socket", f"inet:{free_port()}@127.0.0.1", "--lapi-url", url,
+             "--api-key-file", str(key), "--event-log", "none",
+             "--metrics-listen", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0], lines[0]

@@ -70,6 +70,10 @@ def setup_logging(level: str, fmt: str) -> None:
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
+class StartError(Exception):
+    """A part that cannot start (the metrics port is taken); the message names it."""
+
+
 @dataclass
 class Parts:
     client: LapiClient
@@ -121,8 +125,14 @@ def build(settings: Settings) -> Parts:
     metrics = None
     if settings.metrics_listen is not None:
         host, port = settings.metrics_listen
-        metrics = MetricsServer(host, port, MilterCollector(tally, source, events),
-                                lambda: source.usable)
+        try:
+            metrics = MetricsServer(host, port, MilterCollector(tally, source, events),
+                                    lambda: source.usable)
+        except OSError as exc:  # a busy port, an address this host does not have
+            client.close()
+            shown = f"[{host}]" if ":" in host else host
+            raise StartError(f"--metrics-listen {shown}:{port}: cannot listen: "
+                             f"{exc.strerror or exc}") from exc
     usage = None
     if settings.usage_metrics_interval > 0:
         usage = UsagePusher(client, tally, source, settings.usage_metrics_interval)
@@ -142,6 +152,10 @@ def reload(parts: Parts, old: Settings, argv: list[str]) -> Settings:
         new = load(argv)
     except ConfigError as exc:
         log.error("reload refused, keeping the running config: %s", exc)
+        return old
+    except Exception as exc:  # whatever the file holds, SIGHUP must not stop the milter
+        log.error("reload refused, keeping the running config: %s: %s",
+                  type(exc).__name__, exc)
         return old
     ignored = [n for n in _RESTART_ONLY if getattr(new, n) != getattr(old, n)]
     if ignored:
@@ -163,9 +177,14 @@ def reload(parts: Parts, old: Settings, argv: list[str]) -> Settings:
 
 
 def run(settings: Settings, argv: list[str] | None = None) -> int:
-    """Run the milter until SIGTERM or SIGINT; exit status 0, or 1 if libmilter failed."""
+    """Run the milter until SIGTERM or SIGINT; exit status 0, or 1 if libmilter failed or a
+    part could not start (a busy metrics port: one log line, no traceback)."""
     setup_logging(settings.log_level, settings.log_format)
-    parts = build(settings)
+    try:
+        parts = build(settings)
+    except StartError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     log.info("crowdsec-milter %s starting: socket=%s lapi=%s mode=%s stage=%s%s",
              __version__, settings.socket, settings.lapi_url, settings.mode, settings.stage,
              " dry-run" if settings.dry_run else "")
@@ -177,7 +196,9 @@ def run(settings: Settings, argv: list[str] | None = None) -> int:
         parts.usage.start()
     if parts.metrics is not None:
         parts.metrics.start()
-        log.info("metrics and /health on %s:%d", settings.metrics_listen[0], parts.metrics.port)
+        host = settings.metrics_listen[0]
+        log.info("metrics and /health on %s:%d", f"[{host}]" if ":" in host else host,
+                 parts.metrics.port)
 
     Milter.factory = session_class(parts.context)
     Milter.set_flags(0)  # we never modify messages

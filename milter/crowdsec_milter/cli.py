@@ -6,6 +6,7 @@ one line naming the option and exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import stat
@@ -17,6 +18,7 @@ import configargparse
 import httpx
 
 from . import __version__
+from .lapi import header_safe
 from .policy import Action, Reply, Stage, parse_networks
 from .settings import Settings
 
@@ -24,6 +26,25 @@ PROG = "crowdsec-milter"
 ENV_PREFIX = "CROWDSEC_MILTER_"
 _SOCKET = re.compile(r"^(?:(inet6?):(\d{1,5})(?:@(\S+))?|(?:unix|local):(/\S+))$")
 _LEVELS = ("debug", "info", "warning", "error")
+CONFIG_LIMIT = 1 << 20  # bytes; a config file is a few lines
+
+# What each command is for, shown by its own --help.
+_COMMANDS = {
+    None: ("CrowdSec bouncer and sensor for Postfix and Sendmail (a milter).",
+           "commands (each has its own --help): "
+           "`crowdsec-milter check [options]` tests LAPI and the key; "
+           "`crowdsec-milter lookup IP [options]` shows what the milter would answer IP."),
+    "check": ("Check that LAPI answers, that it accepts the key (or certificate), and count "
+              "the active decisions the milter would hold. Exit status 0 when all is well, "
+              "1 when not. Reads only GET /v1/decisions: a running milter's stream is not "
+              "disturbed. Takes the milter's own options (or its -c config file).",
+              None),
+    "lookup": ("Show the decisions LAPI holds on IP and what the milter, with these options, "
+               "would answer a client connecting from it. Exit status 0 let through, "
+               "3 blocked, 1 LAPI could not answer, 2 bad input. Takes the milter's own "
+               "options (or its -c config file).",
+               None),
+}
 
 
 class ConfigError(Exception):
@@ -40,16 +61,42 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def build_parser() -> configargparse.ArgParser:
+def open_config(path: str) -> io.StringIO:
+    """A config file's text, read whole and decoded as UTF-8 whatever the locale. configargparse
+    turns what this raises into an error naming the file, at start-up and on SIGHUP alike
+    (reading while it parses let a UnicodeDecodeError escape)."""
+    with open(path, "rb") as fh:
+        data = fh.read(CONFIG_LIMIT + 1)
+    if len(data) > CONFIG_LIMIT:
+        raise ValueError(f"larger than {CONFIG_LIMIT} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                         f"{exc.start})") from None
+    stream = io.StringIO(text)
+    stream.name = path
+    return stream
+
+
+def build_parser(command: str | None = None) -> configargparse.ArgParser:
+    """The parser of the milter's options; `command` (check, lookup) gives its own help."""
     d = Settings()
+    description, epilog = _COMMANDS[command]
     p = _Parser(
-        prog=PROG,
-        description="CrowdSec bouncer and sensor for Postfix and Sendmail (a milter).",
+        prog=PROG if command is None else f"{PROG} {command}",
+        usage={None: None, "check": f"{PROG} check [options]",
+               "lookup": f"{PROG} lookup IP [options]"}[command],
+        description=description,
+        epilog=epilog,
         auto_env_var_prefix=ENV_PREFIX,
         formatter_class=configargparse.ArgumentDefaultsHelpFormatter,
         args_for_setting_config_path=["-c", "--config"],
         config_arg_help_message="config file of `key = value` lines (keys are the long flags)",
+        config_file_open_func=open_config,
     )
+    if command == "lookup":
+        p.add_argument("ip", metavar="IP", help="the client address to look up")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument("--socket", default=d.socket,
                    help="libmilter socket: inet:PORT@HOST, inet6:PORT@HOST or unix:/path")
@@ -92,7 +139,8 @@ def build_parser() -> configargparse.ArgParser:
                    help="with --stage rcpt, recipients let through even for banned clients "
                         "(repeatable, shell-style) [default: postmaster@* abuse@*]")
     p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
-                   help="serve Prometheus /metrics and /health here (off by default)")
+                   help="serve Prometheus /metrics and /health here, IPv4 or IPv6 "
+                        "(127.0.0.1:9395, [::1]:9395, [::]:9395); off by default")
     p.add_argument("--usage-metrics-interval", type=float, default=d.usage_metrics_interval,
                    help="seconds between remediation usage pushes to LAPI (CrowdSec 1.6.3+); "
                         "0 turns them off")
@@ -115,6 +163,18 @@ def _positive(name: str, value: float) -> float:
     return value
 
 
+def _usable_key(key: str, source: str) -> str:
+    """The key, or ConfigError naming where it came from (never showing the key): it travels
+    as an HTTP header value, where a line break or other control character makes every
+    request fail with an error text holding the key."""
+    if not key:
+        raise ConfigError(f"{source} is empty")
+    if not header_safe(key):
+        raise ConfigError(f"{source}: the key holds a line break, control or non-ASCII "
+                          "character; it must be one line of printable ASCII")
+    return key
+
+
 def read_api_key(args: configargparse.Namespace) -> str:
     if args.api_key and args.api_key_file:
         raise ConfigError("--api-key and --api-key-file exclude each other: give one")
@@ -128,16 +188,17 @@ def read_api_key(args: configargparse.Namespace) -> str:
             raise ConfigError(f"--api-key-file {path}: {exc.strerror}") from exc
         except UnicodeDecodeError as exc:
             raise ConfigError(f"--api-key-file {path}: not text") from exc
-        if not key:
-            raise ConfigError(f"--api-key-file {path} is empty")
+        key = _usable_key(key, f"--api-key-file {path}")
         if mode & (stat.S_IRWXG | stat.S_IRWXO) & (stat.S_IRGRP | stat.S_IROTH):
             print(f"{PROG}: warning: --api-key-file {path} is readable by other users "
                   "(chmod 600 it)", file=sys.stderr)
         return key
     if args.api_key:
-        return args.api_key.strip()
+        return _usable_key(args.api_key.strip(), "--api-key")
     if args.lapi_cert:
         return ""
+    if args.api_key is not None:
+        raise ConfigError("--api-key is empty")
     raise ConfigError("an API key is required: --api-key-file or --api-key "
                       f"(or {ENV_PREFIX}API_KEY_FILE), or a client certificate (--lapi-cert)")
 
@@ -253,14 +314,21 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
     )
 
 
+def parse_args(argv: Sequence[str], command: str | None = None) -> configargparse.Namespace:
+    """Flags, environment and config file, or ConfigError naming the problem."""
+    try:
+        return build_parser(command).parse_args(list(argv))
+    except OSError as exc:  # read errors configargparse does not catch itself
+        raise ConfigError(f"{getattr(exc, 'filename', '') or 'config file'}: "
+                          f"{exc.strerror or exc}") from exc
+    except (UnicodeError, configargparse.ConfigFileParserException) as exc:
+        raise ConfigError(f"config file: {exc}") from exc
+
+
 def load(argv: Sequence[str]) -> Settings:
     """Settings from argv, environment and config file, or ConfigError naming the problem.
     Also used by SIGHUP to re-read the config file."""
-    try:
-        args = build_parser().parse_args(list(argv))
-    except OSError as exc:  # an unreadable config file
-        raise ConfigError(f"{getattr(exc, 'filename', '')}: {exc.strerror}") from exc
-    return settings_from_args(args)
+    return settings_from_args(parse_args(argv))
 
 
 def parse(argv: Sequence[str] | None = None) -> Settings:
@@ -277,11 +345,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .tools import check, lookup
 
         command, rest = argv[0], argv[1:]
-        if command == "lookup":
-            if not rest or rest[0].startswith("-"):
-                fail("usage: crowdsec-milter lookup IP [options]")
-            return lookup(rest[0], parse(rest[1:]))
-        return check(parse(rest))
+        try:
+            args = parse_args(rest, command)
+            settings = settings_from_args(args)
+        except ConfigError as exc:
+            fail(str(exc))
+        return lookup(args.ip, settings) if command == "lookup" else check(settings)
     settings = parse(argv)
     from .app import run  # imported late: --help and bad flags need no pymilter
 

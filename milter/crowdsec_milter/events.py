@@ -6,11 +6,14 @@ were not UTF-8 are written as `\\xNN`; long values are cut with the cut marked.
 
 `EventWriter` hands lines to one background thread through a bounded queue, so a milter
 callback never waits on a slow disk or syslog; a line that cannot be queued or written is
-counted and the count reported in the operational log, never lost silently.
+counted and the count reported in the operational log, never lost silently. What a sink
+cannot encode (a lone surrogate from LAPI) is written as a JSON `\\uXXXX` escape, and any
+unexpected error costs one batch of lines, counted as dropped, never the writer thread.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import json
@@ -28,6 +31,27 @@ log = logging.getLogger("crowdsec_milter.events")
 FIELD_LIMIT = 512
 _LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 _SURROGATES = {c: f"\\x{c - 0xDC00:02x}" for c in range(0xDC80, 0xDD00)}
+JSON_ESCAPE = "crowdsec_milter.json_escape"
+
+
+def _json_escape(exc: UnicodeError) -> tuple[str, int]:
+    """Codec error handler: what a sink cannot encode (a lone surrogate in UTF-8, anything
+    past ASCII on an ASCII stdout) becomes JSON's own `\\uXXXX`. Lines only carry such
+    characters inside JSON strings, so the line stays valid JSON and reads back the same."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    out = []
+    for char in exc.object[exc.start:exc.end]:
+        code = ord(char)
+        if code > 0xFFFF:  # needs a UTF-16 surrogate pair in JSON
+            code -= 0x10000
+            out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
+        else:
+            out.append(f"\\u{code:04x}")
+    return "".join(out), exc.end
+
+
+codecs.register_error(JSON_ESCAPE, _json_escape)
 
 
 def clean_text(value: object, limit: int = FIELD_LIMIT) -> str:
@@ -89,7 +113,7 @@ class _Sink:
             self._sock.connect(self.target.partition(":")[2] or "/dev/log")
         else:
             os.makedirs(os.path.dirname(os.path.abspath(self.target)), exist_ok=True)
-            self._file = open(self.target, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+            self._file = open(self.target, "a", encoding="utf-8", errors=JSON_ESCAPE)  # noqa: SIM115
             st = os.fstat(self._file.fileno())
             self._inode = (st.st_dev, st.st_ino)
 
@@ -107,12 +131,17 @@ class _Sink:
         if self._sock is not None:
             for line in lines:
                 # <14> is facility user, severity info; the tag lets syslog route it.
-                self._sock.send(b"<14>crowdsec-milter: " + line.rstrip("\n").encode())
+                self._sock.send(b"<14>crowdsec-milter: "
+                                + line.rstrip("\n").encode("utf-8", JSON_ESCAPE))
             return
         if self._file is None:
             self.open()
         assert self._file is not None
-        self._file.write("".join(lines))
+        text = "".join(lines)
+        if self._file is sys.stdout:  # a stream we did not open, with its own strict codec
+            encoding = getattr(self._file, "encoding", None) or "utf-8"
+            text = text.encode(encoding, JSON_ESCAPE).decode(encoding)
+        self._file.write(text)
         self._file.flush()
 
     def close(self) -> None:
@@ -196,15 +225,24 @@ class EventWriter:
                     stop = True
                 else:
                     batch.append(more)
-            # One stat per batch: a line must not go to a file logrotate moved or deleted.
-            if self._reopen.is_set() or self._sink.rotated():
-                self._reopen.clear()
-                self._try_open()
-            if batch:
-                self._write(batch)
+            try:
+                self._flush(batch)
+            except Exception as exc:  # a bug must cost these lines, never the writer
+                self.dropped += len(batch)
+                self._note_error(f"lines lost to {type(exc).__name__}: {exc}")
+                with contextlib.suppress(Exception):
+                    self._sink.close()  # reopened on the next batch
             self._report()
             if stop:
                 return
+
+    def _flush(self, batch: list[str]) -> None:
+        # One stat per batch: a line must not go to a file logrotate moved or deleted.
+        if self._reopen.is_set() or self._sink.rotated():
+            self._reopen.clear()
+            self._try_open()
+        if batch:
+            self._write(batch)
 
     def _try_open(self) -> bool:
         try:

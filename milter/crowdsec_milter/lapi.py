@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +21,13 @@ from . import __version__
 from .jsonstream import StreamFormatError, iter_arrays, iter_list
 
 USER_AGENT = f"crowdsec-milter/{__version__}"
+# An API key travels as a header value: printable ASCII, spaces only inside.
+_HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+
+
+def header_safe(key: str) -> bool:
+    """True when `key` can be sent as an HTTP header value as it is."""
+    return _HEADER_VALUE.fullmatch(key) is not None
 
 
 class LapiError(Exception):
@@ -56,6 +64,12 @@ class LapiClient:
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if api_key:
             headers["X-Api-Key"] = api_key
+        # The forms in which the key could show up in an exception's text (h11 quotes a bad
+        # header value as bytes), to cut from every error: defence in depth, as the CLI
+        # refuses keys that are no valid header value.
+        self._secrets = sorted({f for f in (api_key, repr(api_key)[1:-1],
+                                            repr(api_key.encode("utf-8", "replace"))[2:-1])
+                                if f} if api_key else set(), key=len, reverse=True)
         self._base = url.rstrip("/") + "/"
         self._timeout = timeout
         self._startup_timeout = startup_timeout or max(timeout, 30.0)
@@ -90,7 +104,14 @@ class LapiClient:
         except httpx.TimeoutException as exc:
             raise LapiError("timeout", f"LAPI did not answer within {timeout:g}s") from exc
         except httpx.HTTPError as exc:
-            raise LapiError("connect", f"LAPI unreachable: {type(exc).__name__}: {exc}") from exc
+            raise LapiError("connect", self._scrub(f"LAPI unreachable: {type(exc).__name__}: "
+                                                   f"{exc}")) from exc
+
+    def _scrub(self, text: str) -> str:
+        """`text` without the API key in any form it may take in an exception's text."""
+        for secret in self._secrets:
+            text = text.replace(secret, "<api-key>")
+        return text
 
     def _capped(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         size = 0
@@ -158,7 +179,8 @@ class LapiClient:
             try:
                 yield from walker(chunks)
             except StreamFormatError as exc:
-                raise LapiError("decode", f"{path} answer is not usable: {exc}") from exc
+                raise LapiError("decode", self._scrub(f"{path} answer is not usable: "
+                                                      f"{exc}")) from exc
 
     def query(self, ip: str) -> list[Any]:
         """The decisions LAPI holds on one address (Ranges covering it included)."""

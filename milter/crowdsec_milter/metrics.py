@@ -7,6 +7,7 @@ this collector reads them, the sources' stats and the index sizes when scraped.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -136,8 +137,7 @@ class MetricsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        self._server = listen(host, port, Handler)
         self.port = self._server.server_address[1]
 
     def start(self) -> None:
@@ -146,3 +146,20 @@ class MetricsServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class _Server4(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class _Server6(_Server4):
+    address_family = socket.AF_INET6
+
+
+def listen(host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """An HTTP server bound to host:port, IPv4 or IPv6 as the host is (`::1`, `::`, a name).
+    Raises OSError (a busy port, an address we do not have, a name that does not resolve)."""
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    server_class = _Server6 if family == socket.AF_INET6 else _Server4
+    return server_class(address, handler)
