@@ -223,6 +223,24 @@ class LapiClient:
         except httpx.HTTPError as exc:
             raise LapiError("connect", f"LAPI unreachable: {type(exc).__name__}") from exc
 
+    def check_key(self, ip: str) -> None:
+        """Raise LapiError unless LAPI accepts the key, asking with `HEAD /v1/decisions`:
+        LAPI answers it (200, or 403 for a bad key, whatever decisions exist) before it
+        looks at the bouncer's stream cursor, in 1.4.6 as in current releases, so it is
+        safe with a running stream consumer's key where a GET is not."""
+        try:
+            with _until(time.monotonic() + self._timeout):
+                status = self._http.head(self._base + "v1/decisions", params={"ip": ip},
+                                         timeout=self._timeout).status_code
+        except httpx.TimeoutException as exc:
+            raise LapiError("timeout", f"LAPI did not answer within {self._timeout:g}s") from exc
+        except httpx.HTTPError as exc:
+            raise LapiError("connect", f"LAPI unreachable: {type(exc).__name__}") from exc
+        if status == 403:
+            raise LapiError("auth", "LAPI refused the API key (403 access forbidden)")
+        if status != 200:
+            raise LapiError("http", f"LAPI answered HTTP {status}")
+
     def post_json(self, path: str, doc: Any) -> int:
         """POST a JSON document; the HTTP status."""
         try:
@@ -255,7 +273,8 @@ class LapiClient:
 
     def active_decisions(self) -> Iterator[Any]:
         """Every active decision (`GET /v1/decisions` with no filter), read one at a time.
-        Unlike a stream pull it leaves a running milter's stream cursor alone."""
+        LAPI moves the key's stream cursor on this request when its last pull is a minute
+        old or more: see tools.py before using it with a stream consumer's key."""
         return self._walk("v1/decisions", {}, self._startup_timeout, self._startup_total,
                           iter_list)
 
@@ -270,7 +289,8 @@ class LapiClient:
                 raise LapiError("decode", f"{path} answer is not usable: {exc}") from exc
 
     def query(self, ip: str) -> list[Any]:
-        """The decisions LAPI holds on one address (Ranges covering it included)."""
+        """The decisions LAPI holds on one address (Ranges covering it included). Like
+        active_decisions, it can move the key's stream cursor."""
         doc = self._get("v1/decisions", {"ip": ip}, self._timeout)
         if doc is None:
             return []

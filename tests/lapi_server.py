@@ -134,6 +134,17 @@ def serve(lapi: FakeLapi) -> tuple[ThreadingHTTPServer, str]:
                 return
             self._send(status, json.dumps(doc).encode())
 
+        def do_HEAD(self) -> None:
+            """As LAPI: 200 for a good key whatever decisions exist, 403 for a bad one."""
+            url = urlparse(self.path)
+            lapi.requests.append(("HEAD " + url.path, parse_qs(url.query), dict(self.headers)))
+            status = 200 if self.headers.get("X-Api-Key") == lapi.key else 403
+            if url.path not in ("/v1/decisions", "/v1/decisions/stream"):
+                status = 404
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+
         def do_POST(self) -> None:
             url = urlparse(self.path)
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
