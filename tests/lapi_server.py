@@ -25,6 +25,7 @@ class Fault:
     body: bytes | None = None  # raw body instead of JSON
     delay: float = 0.0  # seconds before answering
     hang: bool = False  # accept and never answer (until the server stops)
+    drip: float = 0.0  # send the whole answer, status line first, one byte every `drip` s
     count: int = -1  # how many requests it applies to; -1 = until cleared
 
 
@@ -128,7 +129,21 @@ def serve(lapi: FakeLapi) -> tuple[ThreadingHTTPServer, str]:
                 self._send(403, b'{"message":"access forbidden"}')
                 return
             status, doc = lapi.answer(url.path, query)
+            if fault is not None and fault.drip:
+                self._drip(status, json.dumps(doc).encode(), fault.drip)
+                return
             self._send(status, json.dumps(doc).encode())
+
+        def do_HEAD(self) -> None:
+            """As LAPI: 200 for a good key whatever decisions exist, 403 for a bad one."""
+            url = urlparse(self.path)
+            lapi.requests.append(("HEAD " + url.path, parse_qs(url.query), dict(self.headers)))
+            status = 200 if self.headers.get("X-Api-Key") == lapi.key else 403
+            if url.path not in ("/v1/decisions", "/v1/decisions/stream"):
+                status = 404
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
 
         def do_POST(self) -> None:
             url = urlparse(self.path)
@@ -142,6 +157,19 @@ def serve(lapi: FakeLapi) -> tuple[ThreadingHTTPServer, str]:
                 self._send(lapi.usage_status, b"")
                 return
             self._send(404, b'{"message":"not found"}')
+
+        def _drip(self, status: int, body: bytes, pause: float) -> None:
+            """A LAPI that always has one more byte coming: never idle for a whole read
+            timeout, so only a deadline on the request as a whole ends the wait."""
+            head = (f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n").encode()
+            for i, byte in enumerate(head + body):
+                if i and lapi._stopping.wait(pause):
+                    return
+                try:
+                    self.wfile.write(bytes((byte,)))
+                except OSError:
+                    return  # the client gave up
 
         def _send(self, status: int, body: bytes) -> None:
             self.send_response(status)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from crowdsec_milter import __version__
@@ -269,3 +270,45 @@ def test_live_error_is_none_and_not_cached(fake_lapi: tuple[FakeLapi, str]) -> N
     lapi.fault = None
     assert src.lookup(*key("203.0.113.7"), "203.0.113.7") == []
     assert src.usable
+
+
+def _within(seconds: float, call: Callable[[], object]) -> tuple[bool, object]:
+    """Run `call` in a thread; (True, result) if it returned within `seconds`, else
+    (False, None) without waiting for it any longer."""
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return (not thread.is_alive(), result[0] if result else None)
+
+
+def test_drip_fed_live_lookup_ends_at_the_timeout(fake_lapi: tuple[FakeLapi, str]) -> None:
+    """--lapi-timeout is the whole request: a LAPI that sends a byte every 0.4 s (never
+    idle for a full read timeout) must not hold a session many times the timeout."""
+    lapi, url = fake_lapi
+    lapi.add("203.0.113.7")
+    lapi.fault = Fault(drip=0.4)
+    src = LiveSource(client(url, timeout=0.5), 60.0, timeout=0.5)
+    # generous: "it was cut at all", not a timing target
+    done, result = _within(4 * 0.5, lambda: src.lookup(*key("203.0.113.7"), "203.0.113.7"))
+    assert done, "live lookup still waiting on a drip-fed answer after 4x --lapi-timeout"
+    assert result is None and not src.usable
+    assert src.errors == {"timeout": 1}
+
+
+def test_drip_fed_stream_pull_has_its_own_bound(fake_lapi: tuple[FakeLapi, str]) -> None:
+    lapi, url = fake_lapi
+    lapi.add("203.0.113.7")
+    lapi.fault = Fault(drip=0.2)
+    lapi_client = client(url, timeout=0.5, startup_timeout=0.5, pull_total=1.0,
+                         startup_total=1.0)
+    src = StreamSource(lapi_client, 10.0)
+    done, ok = _within(4 * 1.0, src.pull_once)
+    assert done, "stream pull still waiting on a drip-fed answer after 4x its bound"
+    assert ok is False and not src.usable
+    lapi.fault = None
+    assert src.pull_once() and src.lookup(*key("203.0.113.7"), "")
+    lapi.fault = Fault(drip=0.2)  # a delta pull too
+    done, ok = _within(4 * 1.0, src.pull_once)
+    assert done and ok is False
+    assert lapi.requests[-1][1]["startup"] == ["false"]

@@ -147,6 +147,27 @@ def test_check_and_lookup(fake_lapi: tuple[FakeLapi, str]) -> None:
     assert result.returncode == 1 and "unreachable" in result.stdout
 
 
+def test_tools_ask_only_what_cannot_move_a_slow_milters_cursor(
+        fake_lapi: tuple[FakeLapi, str]) -> None:
+    """With pulls over 30 s apart, a GET /v1/decisions with the milter's key could move its
+    stream cursor (LAPI does at a minute): the tools then check the key with HEAD only."""
+    lapi, url = fake_lapi
+    lapi.add("203.0.113.9")
+    slow = ("--update-frequency", "90")
+    result = run_tool("check", *slow, url=url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "bouncer credentials: accepted" in result.stdout
+    assert "active decisions: not read: with --update-frequency 90" in result.stdout
+    result = run_tool("check", *slow, url=url, key="wrong")
+    assert result.returncode == 1 and "FAILED (auth)" in result.stdout
+    result = run_tool("lookup", "203.0.113.9", *slow, url=url)
+    assert result.returncode == 1 and "not read" in result.stdout, result.stdout
+    assert [p for p, _, _ in lapi.requests if "decisions" in p] == ["HEAD /v1/decisions"] * 2
+    # a key no stream consumer uses (--mode live): decisions are read
+    result = run_tool("lookup", "203.0.113.9", *slow, "--mode", "live", url=url)
+    assert result.returncode == 3 and "value=203.0.113.9" in result.stdout, result.stdout
+
+
 def test_usage_metrics_payload_follows_the_lapi_contract(fake_lapi) -> None:
     from crowdsec_milter.lapi import LapiClient
     from crowdsec_milter.source import StreamSource

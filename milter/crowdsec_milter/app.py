@@ -2,20 +2,26 @@
 
 libmilter treats SIGTERM, SIGINT and SIGHUP as "stop", and Python signal handlers do not
 run while `Milter.runmilter` holds the main thread. So runmilter gets a thread of its own
-and the main thread waits for signals: SIGTERM/SIGINT stop everything within seconds,
-SIGUSR1 reopens the event log (logrotate).
+and the main thread waits for signals: SIGTERM/SIGINT stop everything well within a
+second (once the callbacks the MTA already sent have run), SIGUSR1 reopens the event log
+(logrotate).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import Milter
 
@@ -32,7 +38,97 @@ from .tally import Tally
 from .usage import UsagePusher
 
 log = logging.getLogger("crowdsec_milter")
-STOP_GRACE = 0.5  # seconds
+STOP_GRACE = 0.5  # seconds stop waits at most for commands the MTA already sent
+STOP_QUIET = 0.1  # seconds without a callback that mean the MTA's commands are all in
+
+# pymilter's callback methods; wrapped to know when none is running
+_CALLBACKS = ("connect", "hello", "envfrom", "envrcpt", "data", "header", "eoh", "body",
+              "eom", "abort", "close", "unknown")
+
+
+class Activity:
+    """Callbacks running now and when the last one began. Stop waits until the milter is
+    quiet: the MTA does not wait for no-reply callbacks, so commands it sent just before
+    the signal may still sit in our sockets, and stopping libmilter then loses their
+    events."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self._last = time.monotonic()
+
+    def run(self, call: Callable[..., Any], *args: Any) -> Any:
+        with self._lock:
+            self._running += 1
+            self._last = time.monotonic()
+        try:
+            return call(*args)
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    def wait_quiet(self, quiet: float, limit: float) -> bool:
+        """Wait until no callback runs and none began for `quiet` seconds, at most `limit`
+        seconds; True if it got quiet."""
+        deadline = time.monotonic() + limit
+        while True:
+            with self._lock:
+                idle = self._running == 0 and time.monotonic() - self._last >= quiet
+            if idle:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+
+def tracked(cls: type[Milter.Base], activity: Activity) -> type[Milter.Base]:
+    """A subclass of `cls` whose callbacks report to `activity` (pymilter's no-reply and
+    no-callback marks, kept as function attributes, are copied by functools.wraps)."""
+    attrs: dict[str, Any] = {}
+    for name in _CALLBACKS:
+        original = getattr(cls, name, None)
+        if original is None:
+            continue
+
+        def wrapper(self: Any, *args: Any, _original: Any = original) -> Any:
+            return activity.run(_original, self, *args)
+
+        attrs[name] = functools.wraps(original)(wrapper)
+    return type(cls.__name__, (cls,), attrs)
+
+
+def stop_libmilter(spec: str) -> None:
+    """smfi_stop, without waiting out libmilter's listener: it holds its lock through a
+    5 s select on the listening socket and smfi_stop needs that lock. A connection to our
+    own socket ends the select; repeated until smfi_stop got its turn."""
+    stopped = threading.Event()
+
+    def wake() -> None:
+        while not stopped.wait(0.05):
+            wake_listener(spec)
+
+    waker = threading.Thread(target=wake, name="stop-waker", daemon=True)
+    waker.start()
+    try:
+        Milter.stop()
+    finally:
+        stopped.set()
+        waker.join(1.0)
+
+
+def wake_listener(spec: str) -> None:
+    """Connect once to our own libmilter socket, ending the listener's select."""
+    kind, _, rest = spec.partition(":")
+    with contextlib.suppress(OSError, ValueError):
+        if kind in ("unix", "local"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(0.5)
+                s.connect(rest)
+        elif kind in ("inet", "inet6"):
+            port, _, host = rest.partition("@")
+            if not host or host in ("0.0.0.0", "::", "[::]"):
+                host = "::1" if kind == "inet6" else "127.0.0.1"
+            socket.create_connection((host.strip("[]"), int(port)), timeout=0.5).close()
 
 
 class _JsonFormatter(logging.Formatter):
@@ -83,6 +179,7 @@ class Parts:
     context: SessionContext
     metrics: MetricsServer | None = None
     usage: UsagePusher | None = None
+    activity: Activity = dataclasses.field(default_factory=Activity)
 
 
 def make_client(settings: Settings) -> LapiClient:
@@ -167,7 +264,8 @@ def reload(parts: Parts, old: Settings, argv: list[str]) -> Settings:
         always_allow_rcpt=new.always_allow_rcpt)
     parts.context = context
     parts.policy = context.policy
-    Milter.factory = session_class(context)  # new connections get it; open ones finish as they are
+    # new connections get it; open ones finish as they are
+    Milter.factory = tracked(session_class(context), parts.activity)
     logging.getLogger().setLevel(new.log_level.upper())
     log.info("reloaded: stage=%s actions=%s trusted=%d dry_run=%s", new.stage,
              ",".join(f"{k}={v}" for k, v in new.actions), len(new.trusted_networks),
@@ -200,7 +298,7 @@ def run(settings: Settings, argv: list[str] | None = None) -> int:
         log.info("metrics and /health on %s:%d", f"[{host}]" if ":" in host else host,
                  parts.metrics.port)
 
-    Milter.factory = session_class(parts.context)
+    Milter.factory = tracked(session_class(parts.context), parts.activity)
     Milter.set_flags(0)  # we never modify messages
     failed = threading.Event()
     done = threading.Event()
@@ -240,11 +338,11 @@ def run(settings: Settings, argv: list[str] | None = None) -> int:
             hup.clear()
             settings = reload(parts, settings, argv if argv is not None else sys.argv[1:])
     if not done.is_set():
-        # The MTA does not wait for no-reply callbacks, so commands it sent just before the
-        # signal may still sit in our sockets: give them a moment before libmilter stops,
-        # or their events are lost.
-        time.sleep(STOP_GRACE)
-        Milter.stop()
+        # Commands the MTA sent just before the signal may still sit in our sockets (it
+        # does not wait for no-reply callbacks): let them run before libmilter stops.
+        if not parts.activity.wait_quiet(STOP_QUIET, STOP_GRACE):
+            log.info("stopping with callbacks still coming in")
+        stop_libmilter(settings.socket)
         done.wait(10.0)
     if isinstance(parts.source, StreamSource):
         parts.source.stop()

@@ -116,7 +116,9 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
     p.add_argument("--cache-size", type=int, default=d.cache_size,
                    help="live mode: addresses kept in the cache")
     p.add_argument("--lapi-timeout", type=float, default=d.lapi_timeout,
-                   help="seconds for one LAPI request")
+                   help="seconds one LAPI request may take in all (live lookup, check, "
+                        "lookup); stream pulls wait this long for each read and take at most "
+                        "60 s in all, 300 s for a startup pull")
     p.add_argument("--on-lapi-error", choices=("accept", "tempfail"), default=str(d.on_lapi_error),
                    help="what clients get while no decision can be had")
     p.add_argument("--action", action="append", default=None, metavar="TYPE=ACTION",
