@@ -144,10 +144,10 @@ def test_bad_decisions_are_skipped_rest_used(fake_lapi: tuple[FakeLapi, str]) ->
     lapi.add("FR", scope="Country")
     src = StreamSource(client(url), 10.0)
     assert src.pull_once()
-    assert len(src.index) == 1  # the expired one is swept at once
+    assert len(src.index) == 1  # the negative-duration one is never stored
     assert [d.id for d in src.lookup(*key("203.0.113.7"), "")] == [good]
     assert src.lookup(*key("198.51.100.1"), "") == []
-    assert src.stats.bad_decisions == 4
+    assert src.stats.bad_decisions == 5  # 3 bad values, 1 absurd, 1 negative duration
 
 
 def test_hard_deleted_decision_goes_at_resync(fake_lapi: tuple[FakeLapi, str]) -> None:
