@@ -113,6 +113,25 @@ def test_live_mode(milter) -> None:
     assert lapi.count("/v1/decisions") == 2
 
 
+def test_live_cache_stays_within_cache_size(milter) -> None:
+    """The cache holds at most --cache-size answers however many addresses come by; the
+    metrics endpoint shows how many it holds."""
+    lapi, start = milter
+    lapi.add("203.0.113.7")
+    port = free_port()
+    proc = start("--mode", "live", "--cache-size", "3", "--metrics-listen",
+                 f"127.0.0.1:{port}", wait=None)
+    entries = "crowdsec_milter_cache_entries"
+    assert scrape(port, entries) == 0
+    assert Mta(proc.port).connect("203.0.113.7")[0] == "reject"
+    assert Mta(proc.port).connect("192.0.2.1")[0] == "continue"
+    assert scrape(port, entries) == 2
+    for i in range(10):
+        assert Mta(proc.port).connect(f"192.0.2.{i + 10}")[0] == "continue"
+    assert scrape(port, entries) == 3
+    assert scrape(port, "crowdsec_milter_cache_size") == 3
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stops_quickly_on_signal_and_never_logs_the_key(milter, sig: int) -> None:
     lapi, start = milter
