@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import random
 import socket
@@ -9,6 +10,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 
 def decisions(n_ip: int, n_range: int, seed: int = 7) -> list[dict[str, Any]]:
@@ -47,10 +49,17 @@ def stream_body(items: list[dict[str, Any]]) -> bytes:
 
 
 class BlobLapi:
-    """Serves one prepared stream answer, and `?ip=` answers counted, on loopback."""
+    """Serves one prepared stream answer, and `?ip=` answers counted, on loopback.
 
-    def __init__(self, body: bytes, key: str = "bench-key") -> None:
+    `live` maps an address to the decisions a `?ip=` lookup of it gets; any other address
+    gets `null` (no decision), so give every address the caller expects to be banned.
+    """
+
+    def __init__(self, body: bytes, key: str = "bench-key",
+                 live: dict[str, list[dict[str, Any]]] | None = None) -> None:
         self.body = body
+        self.live = {_canonical(ip): json.dumps(found).encode()
+                     for ip, found in (live or {}).items()}
         self.live_requests = 0
         counting = threading.Lock()
         lapi = self
@@ -71,7 +80,8 @@ class BlobLapi:
                 elif self.path.startswith("/v1/decisions"):
                     with counting:
                         lapi.live_requests += 1
-                    self._send(200, b"null")
+                    ip = parse_qs(urlparse(self.path).query).get("ip", [""])[0]
+                    self._send(200, lapi.live.get(_canonical(ip), b"null"))
                 else:
                     self._send(404, b"{}")
 
@@ -96,6 +106,14 @@ class BlobLapi:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _canonical(ip: str) -> str:
+    """One spelling per address, so 2001:db8:0:0::1 and 2001:db8::1 meet."""
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        return ip
 
 
 def free_port() -> int:

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 from miltertest import MilterConnection
 from miltertest import constants as c
 
@@ -21,6 +22,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def metric(text: str, name: str) -> float:
+    """Sum of the samples of `name` (a bare name, or a name with its {labels}) in a
+    Prometheus text page; fails when there is none."""
+    total = 0.0
+    found = False
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    assert found, name
+    return total
+
+
+def scrape(port: int, name: str) -> float:
+    """One metric from the milter's /metrics on `port`; 0 while it has no sample yet."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    try:
+        return metric(text, name)
+    except AssertionError:
+        return 0.0
 
 
 class MilterProcess:

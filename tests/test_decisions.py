@@ -91,6 +91,8 @@ def test_range_with_host_bits_is_taken_as_its_network() -> None:
         item(duration="forever"),
         item(duration=None),
         item(duration="876000h"),
+        item(duration="-5s"),  # already expired: nothing to enforce
+        item(duration="-3h2m1s"),
         "a string",
         None,
         [1, 2],

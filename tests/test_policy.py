@@ -91,6 +91,27 @@ def test_trusted_networks_are_never_blocked_nor_looked_up() -> None:
     assert policy.check("2001:db9::1") is not None
 
 
+@pytest.mark.parametrize(("ip", "trusted"), [
+    ("127.0.0.0", True), ("127.0.0.1", True), ("127.128.0.1", True), ("127.255.255.255", True),
+    ("::1", True), ("::ffff:127.0.0.1", True), ("::ffff:127.255.255.255", True),
+    ("126.255.255.255", False), ("128.0.0.0", False), ("::", False), ("::2", False),
+    ("::ffff:128.0.0.0", False), ("fe80::1", False),
+])
+def test_default_trusted_networks_cover_loopback_and_nothing_beside(ip: str,
+                                                                    trusted: bool) -> None:
+    """Every default trusted network, at its edges, and the addresses just outside: a
+    loopback client is never looked up, its neighbours are."""
+    src = IndexSource()
+    src.add(1, "0.0.0.0/0", scope="Range")
+    src.add(2, "::/0", scope="Range")
+    verdict = make(src).check(ip)  # make() passes Settings().trusted_networks
+    if trusted:
+        assert verdict is None and src.asked == [], ip
+    else:
+        assert verdict is not None and verdict.action is Action.REJECT, ip
+        assert src.asked, ip
+
+
 def test_dry_run_decides_but_does_not_enforce() -> None:
     src = IndexSource()
     src.add(1, "203.0.113.7")

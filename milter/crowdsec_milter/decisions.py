@@ -167,6 +167,10 @@ def parse_decision(item: object, now: float) -> tuple[Decision, Network] | None:
     seconds = parse_duration(get("duration"))
     if seconds > MAX_DURATION:
         raise DecisionError(f"duration is absurd: {get('duration')!r:.40}")
+    if seconds < 0:
+        # already expired: nothing to enforce, so skipped and counted rather than stored to
+        # be swept later (`deleted` entries are read through source._as_live, not this)
+        raise DecisionError(f"duration is negative (already expired): {get('duration')!r:.40}")
     return Decision(ident, dtype.lower()[:64], scope, value, _text(item, "origin", 64),  # type: ignore[arg-type]
                     _text(item, "scenario"), now + seconds), network  # type: ignore[arg-type]
 

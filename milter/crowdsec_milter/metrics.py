@@ -102,6 +102,13 @@ class MilterCollector:
             hits = CounterMetricFamily(P + "cache_hits", "Live lookups answered from the cache")
             hits.add_metric([], src.cache_hits)
             yield hits
+            entries = GaugeMetricFamily(P + "cache_entries",
+                                        "Live answers held in the cache (at most cache_size)")
+            entries.add_metric([], src.cache_entries)
+            yield entries
+            size = GaugeMetricFamily(P + "cache_size", "The live cache's bound (--cache-size)")
+            size.add_metric([], src.cache_size)
+            yield size
         yield req
         yield err
         yield usable

@@ -267,6 +267,17 @@ class LiveSource:
     def usable(self) -> bool:
         return self._ok
 
+    @property
+    def cache_entries(self) -> int:
+        """Answers held now (expired ones linger until the cache next touches them)."""
+        with self._lock:
+            return len(self._cache)
+
+    @property
+    def cache_size(self) -> int:
+        """The most answers the cache holds (--cache-size)."""
+        return int(self._cache.maxsize)
+
     def _ttu(self, _key: Any, decisions: list[Decision], now: float) -> float:
         if decisions:
             return min(now + self._ttl, min(d.expires for d in decisions))
