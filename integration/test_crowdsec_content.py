@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from crowdsec_milter.events import format_event
+from eventschema import validate_line
 from real_crowdsec import CrowdSec
 
 pytestmark = pytest.mark.integration
@@ -17,9 +18,11 @@ RELAY = ("5.7.1", "Relay access denied")
 
 
 def line(ip: str, rcpt: str, kind: tuple[str, str], at: float) -> str:
-    return format_event("rcpt_rejected", {
+    text = format_event("rcpt_rejected", {
         "client_ip": ip, "client_name": "unknown", "helo": "probe", "mail_from": "<x@y>",
         "rcpt": rcpt, "status": kind[0], "reason": kind[1], "queue_id": "", "mta": "mx1"}, at)
+    validate_line(text)
+    return text
 
 
 def replay(tmp_path: Path, lines: list[str]) -> dict[str, set[str]]:
