@@ -37,6 +37,10 @@ def test_readme_event_format_is_the_schema() -> None:
     section = text[text.index("## Event format"):text.index(README_BEGIN)]
     examples = re.findall(r"```json\n(.*?)```", section, re.S)[0].splitlines()
     assert {validate_line(x)["event"] for x in examples} == set(event_names())
+    content = (README.parent / "conf" / "crowdsec" / "README.md").read_text()
+    for block in re.findall(r"```json\n(.*?)```", content, re.S):
+        for example in block.splitlines():
+            validate_line(example)
 
 
 def test_version_is_in_every_line_and_in_the_schema() -> None:
