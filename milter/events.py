@@ -29,7 +29,8 @@ log = logging.getLogger("crowdsec_milter.events")
 
 FIELD_LIMIT = 512
 # The line format's version, written in every line as "v" and pinned in
-# conf/events.schema.json: raise it whenever a field changes meaning or type.
+# conf/events.schema.json: raise it whenever a field of an event is added, removed, retyped
+# or changes meaning.
 EVENT_VERSION = 1
 _LINE_BREAKS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
 _SURROGATE = re.compile("[\udc80-\udcff]")
@@ -79,7 +80,7 @@ def _typed(value: object) -> object:
     """A field value with its JSON type kept: true/false, a number, or safe text.
 
     One rule for a value that is missing or does not apply (None, NaN, infinity): the empty
-    string, so every field of an event is in every line of that event."""
+    string, never null (conf/events.schema.json says so to consumers)."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
