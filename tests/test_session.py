@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import email.message
 import socket
 from pathlib import Path
 
 import Milter
 import pytest
-from crowdsec_milter.events import EventWriter
+from crowdsec_milter.decisions import Decision
+from crowdsec_milter.events import EVENT_VERSION, EventWriter
 from crowdsec_milter.policy import Action, Policy, Stage
-from crowdsec_milter.session import SessionContext, session_class
+from crowdsec_milter.session import SessionContext, session_class, tag_value
 from crowdsec_milter.settings import Settings
 from eventschema import read_events
 from Milter.testctx import TestCtx as MilterTestCtx
@@ -164,7 +166,7 @@ def test_rejected_recipients_become_events(tmp_path: Path) -> None:
     assert len(events) == 2
     assert {e["client_ip"] for e in events} == {"192.0.2.9"}
     assert events[0] | {"time": None} == {
-        "time": None, "event": "rcpt_rejected", "v": 1, "client_ip": "192.0.2.9",
+        "time": None, "event": "rcpt_rejected", "v": EVENT_VERSION, "client_ip": "192.0.2.9",
         "client_name": "probe.example", "helo": 'x"y', "mail_from": "<spam@example.net>",
         "rcpt": "<guess1@example.org>", "status": "5.1.1",
         "reason": "Recipient address rejected: User unknown", "queue_id": "4ABC123",
@@ -196,3 +198,42 @@ def test_settings_defaults_match_the_documented_ones() -> None:
     s = Settings()
     assert (s.socket, s.mode, s.stage, s.on_lapi_error) == \
         ("inet:8895@127.0.0.1", "stream", Stage.CONNECT, Action.ACCEPT)
+
+
+def test_tagged_client_stays_to_end_of_message_and_gets_one_safe_header() -> None:
+    src = IndexSource()
+    src.add(1, "203.0.113.7", scenario="crowdsecurity/http-probing\r\nBcc: x\u00e9")
+    src.add(2, "203.0.113.8", scenario="manual")
+    policy = make(src, actions={"ban": Action.REJECT, "scenario:*http*": Action.TAG})
+    ctx = ctx_for(Stage.CONNECT, policy)
+    assert ctx._connect(ip="203.0.113.7") == Milter.CONTINUE
+    # asked of the MTA: adding headers and nothing else; never headers or body
+    assert ctx._opts[0] == Milter.ADDHDRS
+    assert ctx._opts[1] & (Milter.P_NOHDRS | Milter.P_NOEOH | Milter.P_NOBODY) == \
+        Milter.P_NOHDRS | Milter.P_NOEOH | Milter.P_NOBODY
+    assert not ctx._opts[1] & Milter.P_NODATA
+    assert ctx._envfrom("<a@example.net>") == Milter.CONTINUE
+    assert ctx._envrcpt("<bob@example.org>") == Milter.CONTINUE
+    assert ctx._data() == Milter.CONTINUE  # stays for the end of message
+    for _ in range(2):  # every message of the session
+        ctx._msg = email.message.Message()
+        assert ctx._eom() == Milter.ACCEPT
+        value = ctx._msg["X-CrowdSec-Decision"]
+        assert value == ("ban; origin=crowdsec; scenario=crowdsecurity/http-probing??Bcc: x?; "
+                         "scope=Ip; value=203.0.113.7")
+    # the same milter lets a clean client go at DATA, and rejects a banned one
+    assert ctx._connect(ip="192.0.2.50") == Milter.CONTINUE
+    assert ctx._envfrom("<a@example.net>") == Milter.CONTINUE
+    assert ctx._data() == Milter.ACCEPT
+    assert ctx._connect(ip="203.0.113.8") == Milter.REJECT
+
+
+def test_without_a_tag_key_no_right_to_change_messages_is_asked() -> None:
+    ctx = ctx_for(Stage.CONNECT, make(banned_source()))
+    assert ctx._connect(ip="192.0.2.50") == Milter.CONTINUE
+    assert ctx._opts[0] == 0
+
+
+def test_tag_header_value_is_bounded() -> None:
+    d = Decision(1, "ban", "Ip", "192.0.2.1", "CAPI", "s" * 5000, 0.0)
+    assert len(tag_value(d)) == 900 and tag_value(d).isascii()

@@ -199,6 +199,7 @@ def make_policy(settings: Settings, source: StreamSource | LiveSource, tally: Ta
         trusted=settings.trusted_networks,
         dry_run=settings.dry_run,
         tally=tally,
+        selection=settings.selection,
     )
 
 
@@ -218,7 +219,8 @@ def build(settings: Settings) -> Parts:
     if settings.event_log != "none":
         events = EventWriter(settings.event_log, maxsize=settings.event_queue)
     context = SessionContext(policy=policy, stage=settings.stage, events=events, tally=tally,
-                             always_allow_rcpt=settings.always_allow_rcpt)
+                             always_allow_rcpt=settings.always_allow_rcpt,
+                             tag_header=settings.tag_header)
     metrics = None
     if settings.metrics_listen is not None:
         host, port = settings.metrics_listen
@@ -261,7 +263,7 @@ def reload(parts: Parts, old: Settings, argv: list[str]) -> Settings:
     context = SessionContext(
         policy=make_policy(new, parts.source, parts.context.tally), stage=new.stage,
         events=parts.events, tally=parts.context.tally,
-        always_allow_rcpt=new.always_allow_rcpt)
+        always_allow_rcpt=new.always_allow_rcpt, tag_header=new.tag_header)
     parts.context = context
     parts.policy = context.policy
     # new connections get it; open ones finish as they are
@@ -299,7 +301,9 @@ def run(settings: Settings, argv: list[str] | None = None) -> int:
                  parts.metrics.port)
 
     Milter.factory = tracked(session_class(parts.context), parts.activity)
-    Milter.set_flags(0)  # we never modify messages
+    # Only the tag action modifies messages (one added header); Session.negotiate asks the
+    # MTA for that one right per connection, and only while some key can give tag.
+    Milter.set_flags(Milter.ADDHDRS)
     failed = threading.Event()
     done = threading.Event()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import time
 from typing import Any, NamedTuple
 
 # Severity order: a ban outranks a captcha, which outranks every other type.
@@ -205,3 +206,10 @@ def parse_ipv4_fast(item: dict[str, Any], now: float
     if seconds > MAX_DURATION:
         return None
     return ident, address, (dtype.lower(), "Ip", origin, scenario), now + seconds
+
+
+def iso_expiry(expires: float, monotonic_now: float, wall_now: float) -> str:
+    """A decision's expiry (on the monotonic clock) as ISO 8601 UTC wall time, to the
+    second: what a log line or event says as `until`."""
+    at = wall_now + (expires - monotonic_now)
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(at, 0.0)))

@@ -286,7 +286,10 @@ class LapiClient:
         """One pull, as ("new" | "deleted", decision) pairs read while the body arrives,
         so a startup answer with a million decisions is never held whole in memory.
         Raises LapiError, possibly after some pairs were given: use them only at the end."""
-        params = {"startup": "true" if startup else "false"}
+        # dedup=false: by default LAPI keeps only the longest decision per (value, type,
+        # scope), so a longer decision we do not select would hide a shorter one we do
+        # (crowdsec#2014); 1.4.6 honours it on startup and delta pulls alike.
+        params = {"startup": "true" if startup else "false", "dedup": "false"}
         timeout, total = ((self._startup_timeout, self._startup_total) if startup
                           else (self._timeout, self._pull_total))
         for key, item in self._walk("v1/decisions/stream", params, timeout, total,

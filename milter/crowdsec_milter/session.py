@@ -4,18 +4,26 @@ Thin on purpose. It subscribes only to the envelope callbacks, answers only at t
 configured stage (every other callback is `noreply`), accepts at DATA so the MTA never
 sends headers or body, and never lets an exception reach libmilter (pymilter would answer
 its own 451): an internal error gets what `--on-lapi-error` says.
+
+The one exception is a client whose action is `tag`: its session stays to the end of each
+message to add one header naming the decision. Headers and body are never asked for
+(`nocallback`), and the right to add headers is negotiated only while some `--action`
+key can give `tag`.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
+import re
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import Milter
 
+from .decisions import Decision, iso_expiry
 from .events import EventWriter, clean_text
 from .policy import Action, Policy, Stage, Verdict
 from .tally import Tally
@@ -36,10 +44,28 @@ class SessionContext:
     tally: Tally = field(default_factory=Tally)
     # with --stage rcpt: recipients let through even for a banned client (RFC 5321 4.5.1)
     always_allow_rcpt: tuple[str, ...] = ()
+    tag_header: str = "X-CrowdSec-Decision"
+
+    @property
+    def tagging(self) -> bool:
+        """Whether some --action key (or the default) can give tag."""
+        return Action.TAG in self.policy.rules.actions
 
     def allowed_rcpt(self, rcpt: str) -> bool:
         address = rcpt.strip().strip("<>").lower()
         return any(fnmatch.fnmatchcase(address, pattern) for pattern in self.always_allow_rcpt)
+
+
+TAG_LIMIT = 900  # bytes of a tag header's value: one header, well inside RFC 5322's 998
+_NOT_HEADER_SAFE = re.compile(r"[^\x20-\x7e]")
+
+
+def tag_value(decision: Decision) -> str:
+    """The tag header's value: `TYPE; origin=..; scenario=..; scope=..; value=..`, in
+    printable ASCII only (a scenario may hold anything LAPI was given) and bounded."""
+    text = (f"{decision.type}; origin={decision.origin}; scenario={decision.scenario}; "
+            f"scope={decision.scope}; value={decision.value}")
+    return _NOT_HEADER_SAFE.sub("?", text)[:TAG_LIMIT]
 
 
 def _addr(family: int, hostaddr: Any) -> str:
@@ -64,6 +90,7 @@ class Session(Milter.Base):
         self.verdict: Verdict | None = None
         self.asked = False
         self.reported = False
+        self.tag = ""  # the header value each message gets, for a tagged client
 
     # -- callbacks -------------------------------------------------------------------------
 
@@ -92,8 +119,40 @@ class Session(Milter.Base):
         return self._at(Stage.RCPT, rcpt=to)
 
     def data(self) -> int:
-        # Nothing in headers or body matters to us: let the MTA skip the content phase.
+        # Nothing in headers or body matters to us: let the MTA skip the content phase,
+        # unless the client is tagged (the header is added at end of message).
+        return Milter.CONTINUE if self.tag else Milter.ACCEPT
+
+    @Milter.nocallback
+    def header(self, field: str, value: str) -> int:
+        return Milter.CONTINUE
+
+    @Milter.nocallback
+    def eoh(self) -> int:
+        return Milter.CONTINUE
+
+    @Milter.nocallback
+    def body(self, chunk: bytes) -> int:
+        return Milter.CONTINUE
+
+    def eom(self) -> int:
+        """Only tagged sessions get here: one header naming the decision per message."""
+        if self.tag:
+            try:
+                self.addheader(self.context.tag_header, self.tag)
+            except Exception:  # the message still goes through, untagged
+                self.context.tally.inc("error")
+                log.exception("internal error adding the %s header", self.context.tag_header)
         return Milter.ACCEPT
+
+    def negotiate(self, opts: list[int]) -> int:
+        """pymilter's negotiation (protocol steps from the decorators), asking the MTA
+        for no right to change messages except adding headers while tag is possible."""
+        result = super().negotiate(opts)
+        if result == Milter.CONTINUE:
+            wanted = Milter.ADDHDRS if self.context.tagging else 0
+            opts[0] = self._actions = opts[0] & wanted
+        return result
 
     # -- internals -------------------------------------------------------------------------
 
@@ -113,6 +172,10 @@ class Session(Milter.Base):
                 self.reported = True
                 self._report(verdict, stage, rcpt)
             if not verdict.enforce:
+                return Milter.CONTINUE
+            if verdict.action is Action.TAG:
+                assert verdict.decision is not None
+                self.tag = tag_value(verdict.decision)
                 return Milter.CONTINUE
             assert verdict.reply is not None
             code, xcode, text = verdict.reply
@@ -143,13 +206,16 @@ class Session(Milter.Base):
         self.context.tally.inc("blocked", dtype or verdict.reason,
                                decision.origin if decision else "", str(stage),
                                str(verdict.action) if verdict.enforce else "none")
+        until = iso_expiry(decision.expires, time.monotonic(), time.time()) if decision else ""
         log.info(
-            "%s client=%s type=%s scope=%s value=%s scenario=%s origin=%s stage=%s%s",
+            "%s client=%s type=%s scope=%s value=%s scenario=%s origin=%s id=%s until=%s "
+            "key=%s stage=%s%s",
             "would block" if not verdict.enforce else f"{verdict.action}",
             clean_text(self.ip, 64), dtype or verdict.reason,
             decision.scope if decision else "", decision.value if decision else "",
             clean_text(decision.scenario if decision else "", 128).replace(" ", "_") or "-",
-            decision.origin if decision else "", stage,
+            decision.origin if decision else "", decision.id if decision else "-",
+            until or "-", verdict.key or "-", stage,
             "" if verdict.enforce else " dry_run=1" if decision else "",
         )
         if self.context.events is not None:
@@ -163,6 +229,8 @@ class Session(Milter.Base):
                 decision_value=decision.value if decision else "",
                 scenario=decision.scenario if decision else "",
                 origin=decision.origin if decision else "",
+                decision_id=decision.id if decision else 0,
+                decision_until=until,
                 mta=self._macro("j"),
             )
 

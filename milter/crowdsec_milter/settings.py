@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from .policy import Action, Reply, Stage
+from .selection import Selection
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,10 @@ class Settings:
     on_lapi_error: Action = Action.ACCEPT
     actions: tuple[tuple[str, Action], ...] = (("ban", Action.REJECT), ("captcha", Action.TEMPFAIL))
     default_action: Action = Action.REJECT
+    origins: tuple[str, ...] | None = None  # None: every origin
+    scenarios_containing: tuple[str, ...] = ()
+    scenarios_not_containing: tuple[str, ...] = ()
+    tag_header: str = "X-CrowdSec-Decision"
     stage: Stage = Stage.CONNECT
     reject_reply: Reply = Reply("550", "5.7.1", "%(ip)s is blocked by CrowdSec")
     tempfail_reply: Reply = Reply("451", "4.7.1", "%(ip)s is temporarily blocked by CrowdSec")
@@ -48,6 +53,11 @@ class Settings:
     @property
     def action_map(self) -> dict[str, Action]:
         return dict(self.actions)
+
+    @property
+    def selection(self) -> Selection:
+        return Selection.of(self.origins, self.scenarios_containing,
+                            self.scenarios_not_containing)
 
     @property
     def replies(self) -> dict[Action, Reply]:

@@ -24,7 +24,9 @@ log = logging.getLogger("crowdsec_milter.source")
 
 
 class DecisionSource(Protocol):
-    def lookup(self, family: int, number: int, text: str) -> list[Decision] | None: ...
+    def lookup(self, family: int, number: int, text: str,
+               complete: bool = True) -> list[Decision] | None:
+        """Decisions on the address; complete=False lets a source stop at the first ban."""
 
     @property
     def usable(self) -> bool: ...
@@ -127,10 +129,11 @@ class StreamSource:
     def index(self) -> DecisionIndex:
         return self._index
 
-    def lookup(self, family: int, number: int, text: str) -> list[Decision] | None:
+    def lookup(self, family: int, number: int, text: str,
+               complete: bool = False) -> list[Decision] | None:
         if not self._synced:
             return None
-        return self._index.lookup(family, number, self._clock(), False, text)
+        return self._index.lookup(family, number, self._clock(), complete, text)
 
     def pull_once(self) -> bool:
         """One pull (a full resync when due or after a failure); False if it failed.
@@ -323,7 +326,9 @@ class LiveSource:
             return min(now + self._ttl, min(d.expires for d in decisions))
         return now + self._ttl
 
-    def lookup(self, family: int, number: int, text: str) -> list[Decision] | None:
+    def lookup(self, family: int, number: int, text: str,
+               complete: bool = True) -> list[Decision] | None:
+        """Every decision LAPI holds on the address (`complete` changes nothing here)."""
         key = f"{family}:{number}"
         with self._lock:
             cached = self._cache.get(key)

@@ -22,10 +22,12 @@ from collections import Counter
 from collections.abc import Iterable
 
 from .app import make_client
-from .decisions import DecisionError, parse_decision
+from .decisions import DecisionError, iso_expiry, parse_decision
 from .index import address_key
 from .lapi import LapiError
-from .policy import Policy, Stage
+from .policy import Action, Policy, Stage
+from .selection import Selection
+from .session import tag_value
 from .settings import Settings
 from .source import LiveSource
 
@@ -64,7 +66,8 @@ def check(settings: Settings) -> int:
             print(f"active decisions: not read: {unsafe}")
         else:
             try:
-                print(f"active decisions: {count_decisions(client.active_decisions())}")
+                print(f"active decisions: "
+                      f"{count_decisions(client.active_decisions(), settings.selection)}")
             except LapiError as exc:
                 print(f"active decisions: could not be counted ({exc.kind}): {exc}")
                 return 1
@@ -75,11 +78,13 @@ def check(settings: Settings) -> int:
         client.close()
 
 
-def count_decisions(items: Iterable[object]) -> str:
+def count_decisions(items: Iterable[object], selection: Selection | None = None) -> str:
     """'N (ban Ip: a, ban Range: b, ...)' for the decisions the milter would hold; those it
-    would skip (other scopes, bad values) are counted apart."""
+    would skip (other scopes, bad values) are counted apart; with a selection, how many of
+    those held are enforced and how many each filter drops (the first that drops it)."""
     now = time.monotonic()
     counts: Counter[str] = Counter()
+    dropped: Counter[str] = Counter()
     other = bad = 0
     for item in items:
         try:
@@ -91,8 +96,16 @@ def count_decisions(items: Iterable[object]) -> str:
             other += 1
         else:
             counts[f"{parsed[0].type} {parsed[0].scope}"] += 1
+            why = selection.why_not(parsed[0].origin, parsed[0].scenario) if selection else None
+            if why:
+                dropped[why] += 1
     detail = ", ".join(f"{name}: {n}" for name, n in sorted(counts.items()))
-    text = f"{sum(counts.values())}" + (f" ({detail})" if detail else "")
+    held = sum(counts.values())
+    text = f"{held}" + (f" ({detail})" if detail else "")
+    if selection is not None and selection.active:
+        text += f"; selected: {held - sum(dropped.values())}"
+        for option in ("--origins", "--scenarios-containing", "--scenarios-not-containing"):
+            text += f", dropped by {option}: {dropped[option]}"
     if other:
         text += f"; {other} of other scopes (not used)"
     if bad:
@@ -118,21 +131,33 @@ def lookup(ip: str, settings: Settings) -> int:
                         default_action=settings.default_action, replies=settings.replies,
                         unavailable_reply=settings.unavailable_reply,
                         on_lapi_error=settings.on_lapi_error,
-                        trusted=settings.trusted_networks, dry_run=settings.dry_run)
+                        trusted=settings.trusted_networks, dry_run=settings.dry_run,
+                        selection=settings.selection)
         family, number, text = address_key(ip)  # type: ignore[misc]
         decisions = source.lookup(family, number, text)
         if decisions is None:
             print(f"LAPI could not answer; clients get: {settings.on_lapi_error}")
             return 1
         now = time.monotonic()
+        wall = time.time()
         for d in decisions:
             print(f"decision id={d.id} type={d.type} scope={d.scope} value={d.value} "
-                  f"origin={d.origin} scenario={d.scenario} expires_in={d.expires - now:.0f}s")
+                  f"origin={d.origin} scenario={d.scenario} expires_in={d.expires - now:.0f}s "
+                  f"until={iso_expiry(d.expires, now, wall)}")
+            why = policy.selection.why_not(d.origin, d.scenario)
+            action, key = policy.action_for(d)
+            print(f"  not selected (dropped by {why})" if why else
+                  f"  selected; --action key {key}: {action}")
         if not decisions:
             print("no decision covers this address")
         verdict = policy.check(ip)
         if policy.is_trusted(family, number):
             print("trusted network: never blocked")
+        if verdict is not None and verdict.enforce and verdict.action is Action.TAG:
+            assert verdict.decision is not None
+            print(f"milter answer: tag: let through, each message gets the header "
+                  f"{settings.tag_header}: {tag_value(verdict.decision)}")
+            return 0
         if verdict is None or not verdict.enforce:
             print("milter answer: let through" + (" (dry run)" if verdict else ""))
             return 0
