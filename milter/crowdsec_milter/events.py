@@ -85,7 +85,7 @@ def format_event(event: str, fields: dict[str, Any], timestamp: float) -> str:
     for key, value in fields.items():
         if key in record:
             continue
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (bool, int, float)):  # JSON true/false and numbers, typed
             record[key] = value
         else:
             record[key] = clean_text(value)
