@@ -81,3 +81,29 @@ def test_hostile_recipients_cannot_frame_another_address(tmp_path: Path) -> None
     fired = replay(tmp_path, lines)
     assert "192.0.2.99" not in fired
     assert "crowdsec-milter/dictionary-attack" in fired.get("198.51.100.20", set())
+
+
+def trap_line(ip: str, rcpt: str, accepted: bool, at: float) -> str:
+    rejected = ("", "") if accepted else UNKNOWN
+    return format_event("rcpt_trap", {
+        "client_ip": ip, "client_name": "unknown", "helo": "probe", "mail_from": "<x@y>",
+        "rcpt": rcpt, "status": rejected[0], "reason": rejected[1], "queue_id": "",
+        "mta": "mx1", "accepted": accepted}, at)
+
+
+def test_one_trap_hit_bans_whatever_the_mta_answered(tmp_path: Path) -> None:
+    t = time.time() - 600
+    lines = [
+        # a trap mailbox that exists: the MTA accepted it
+        trap_line("198.51.100.30", "<trap@example.org>", True, t),
+        # a trap that is an unknown user: the milter writes both lines
+        line("198.51.100.31", "<harvest-me@example.org>", UNKNOWN, t + 1),
+        trap_line("198.51.100.31", "<harvest-me@example.org>", False, t + 1),
+        # an ordinary miss is no trap hit
+        line("192.0.2.60", "<bbo@example.org>", UNKNOWN, t + 2),
+    ]
+    assert '"accepted":true' in lines[0] and '"accepted":false' in lines[2]
+    fired = replay(tmp_path, lines)
+    assert fired.get("198.51.100.30") == {"crowdsec-milter/spam-trap"}
+    assert fired.get("198.51.100.31") == {"crowdsec-milter/spam-trap"}
+    assert "192.0.2.60" not in fired
