@@ -189,7 +189,6 @@ class Session(Milter.Base):
                 client_ip=self.ip, client_name=self.client_name, helo=self.helo,
                 mail_from=self.mail_from, rcpt=rcpt, stage=str(stage),
                 action=action, enforced=verdict.enforce and not exempt, reason=verdict.reason,
-                auth_user=self.auth_user,
                 decision_type=dtype,
                 decision_scope=decision.scope if decision else "",
                 decision_value=decision.value if decision else "",
