@@ -236,3 +236,21 @@ def test_first_ban_shortcut_only_when_it_settles_the_verdict() -> None:
                           Action.REJECT).first_ban_decides
     assert not ActionRules.of({"ban": Action.TAG}, Action.REJECT).first_ban_decides
     assert not ActionRules.of({"origin:capi": Action.TAG}, Action.TAG).first_ban_decides
+
+
+def test_the_readme_worked_example() -> None:
+    """README, Choosing decisions: community blocklist tempfails, local bans reject,
+    web-scan scenarios tag."""
+    from crowdsec_milter.cli import parse_actions
+
+    actions = dict(parse_actions(["ban=reject", "origin:CAPI=tempfail",
+                                  "origin:lists=tempfail", "scenario:*http*=tag",
+                                  "scenario:*web-scan*=tag"]))
+    src = IndexSource()
+    src.add(1, "203.0.113.9", origin="CAPI", scenario="crowdsecurity/http-probing")
+    src.add(2, "203.0.113.10", origin="CAPI", scenario="crowdsecurity/ssh-bf")
+    src.add(3, "203.0.113.11", origin="crowdsec", scenario="crowdsecurity/postfix-spam")
+    src.add(4, "203.0.113.11", origin="CAPI", scenario="crowdsecurity/ssh-bf", duration="9h")
+    policy = make(src, actions=actions)
+    assert [policy.check(f"203.0.113.{n}").action for n in (9, 10, 11)] == [  # type: ignore[union-attr]
+        Action.TAG, Action.TEMPFAIL, Action.REJECT]
