@@ -28,6 +28,7 @@ import Milter
 from . import __version__
 from .cli import ConfigError, load
 from .events import EventWriter
+from .geo import Geo
 from .lapi import LapiClient
 from .metrics import MetricsServer, MilterCollector
 from .notify import Notifier
@@ -234,6 +235,13 @@ def make_client(settings: Settings) -> LapiClient:
                       verify=settings.lapi_ca or True, cert=cert)  # type: ignore[arg-type]
 
 
+def make_geo(settings: Settings) -> Geo | None:
+    """The MaxMind databases given, memory-mapped; None without any."""
+    if not (settings.geoip_country_db or settings.geoip_asn_db):
+        return None
+    return Geo(settings.geoip_country_db, settings.geoip_asn_db)
+
+
 def make_policy(settings: Settings, source: StreamSource | LiveSource, tally: Tally) -> Policy:
     return Policy(
         source,
@@ -252,13 +260,14 @@ def make_policy(settings: Settings, source: StreamSource | LiveSource, tally: Ta
 def build(settings: Settings) -> Parts:
     """Every runtime part, from the settings alone."""
     client = make_client(settings)
+    geo = make_geo(settings)
     source: StreamSource | LiveSource
     if settings.mode == "stream":
         source = StreamSource(client, settings.update_frequency,
-                              resync_interval=settings.resync_interval)
+                              resync_interval=settings.resync_interval, geo=geo)
     else:
         source = LiveSource(client, settings.cache_ttl, timeout=settings.lapi_timeout,
-                            maxsize=settings.cache_size)
+                            maxsize=settings.cache_size, geo=geo)
     tally = Tally()
     policy = make_policy(settings, source, tally)
     events = None
@@ -288,7 +297,8 @@ def build(settings: Settings) -> Parts:
 # What SIGHUP can change; the rest needs a restart (new socket, LAPI, key or mode).
 _RESTART_ONLY = ("socket", "lapi_url", "api_key", "mode", "lapi_ca", "lapi_cert", "lapi_key",
                  "event_log", "metrics_listen", "update_frequency", "cache_ttl", "cache_size",
-                 "lapi_timeout", "resync_interval", "usage_metrics_interval")
+                 "lapi_timeout", "resync_interval", "usage_metrics_interval",
+                 "geoip_country_db", "geoip_asn_db")
 
 
 def reload(parts: Parts, old: Settings, argv: list[str]) -> Settings:

@@ -150,6 +150,12 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
                                         "of these words (case-insensitive; repeatable)")
     p.add_argument("--tag-header", default=d.tag_header, metavar="NAME",
                    help="header added to each message of a client whose action is tag")
+    p.add_argument("--geoip-country-db", default=None, metavar="PATH",
+                   help="MaxMind DB file giving an address's country (GeoLite2-Country "
+                        "layout): enforces Country decisions; off by default")
+    p.add_argument("--geoip-asn-db", default=None, metavar="PATH",
+                   help="MaxMind DB file giving an address's AS number (GeoLite2-ASN "
+                        "layout): enforces AS decisions; off by default")
     p.add_argument("--stage", choices=[s.value for s in Stage], default=str(d.stage),
                    help="where a banned client is answered")
     for name, reply in (("reject", d.reject_reply), ("tempfail", d.tempfail_reply),
@@ -290,6 +296,20 @@ def split_list(name: str, values: Sequence[str] | None) -> tuple[str, ...] | Non
     return items
 
 
+def check_mmdb(option: str, path: str | None) -> str | None:
+    """A MaxMind DB file that opens, or ConfigError naming the option (checked at start,
+    not at the first client)."""
+    if not path:
+        return None
+    from .geo import Geo, GeoError  # maxminddb only when a database is given
+
+    try:
+        Geo(path, None).close()
+    except GeoError as exc:
+        raise ConfigError(str(exc).replace("--geoip-country-db", option)) from None
+    return path
+
+
 def check_header_name(name: str) -> str:
     if not _HEADER_NAME.fullmatch(name):
         raise ConfigError(f"--tag-header {name!r} is not a header name (1-64 printable "
@@ -363,6 +383,8 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
         scenarios_not_containing=split_list("scenarios-not-containing",
                                             args.scenarios_not_containing) or (),
         tag_header=check_header_name(args.tag_header),
+        geoip_country_db=check_mmdb("--geoip-country-db", args.geoip_country_db),
+        geoip_asn_db=check_mmdb("--geoip-asn-db", args.geoip_asn_db),
         stage=Stage(args.stage),
         reject_reply=replies["reject"],
         tempfail_reply=replies["tempfail"],

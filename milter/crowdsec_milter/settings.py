@@ -28,6 +28,8 @@ class Settings:
     scenarios_containing: tuple[str, ...] = ()
     scenarios_not_containing: tuple[str, ...] = ()
     tag_header: str = "X-CrowdSec-Decision"
+    geoip_country_db: str | None = None
+    geoip_asn_db: str | None = None
     stage: Stage = Stage.CONNECT
     reject_reply: Reply = Reply("550", "5.7.1", "%(ip)s is blocked by CrowdSec")
     tempfail_reply: Reply = Reply("451", "4.7.1", "%(ip)s is temporarily blocked by CrowdSec")

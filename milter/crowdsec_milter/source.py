@@ -16,7 +16,14 @@ from typing import Any, Protocol
 
 from cachetools import TLRUCache
 
-from .decisions import Decision, DecisionError, parse_decision, parse_ipv4_fast
+from .decisions import (
+    Decision,
+    DecisionError,
+    parse_decision,
+    parse_ipv4_fast,
+    parse_scoped_decision,
+)
+from .geo import Geo, ScopedDecisions
 from .index import DecisionIndex
 from .lapi import LapiClient, LapiError
 
@@ -40,6 +47,7 @@ class PullStats:
     failures: int = 0
     last_good: float | None = None
     bad_decisions: int = 0
+    other_scopes: int = 0  # decisions skipped: a scope we cannot match (see --geoip-*)
     errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -49,48 +57,53 @@ class _Counter:
     def __init__(self) -> None:
         self.bad = 0
         self.first = ""
+        self.other = 0  # decisions of scopes not used (Country or AS without a database)
 
     def report(self, stats: PullStats) -> None:
+        stats.other_scopes += self.other
         if self.bad:
             stats.bad_decisions += self.bad
             log.warning("skipped %d unusable decision(s) from LAPI; first: %s",
                         self.bad, self.first)
 
 
-def _add(item: Any, now: float, into: DecisionIndex, count: _Counter) -> None:
+def _add(item: Any, now: float, into: DecisionIndex, count: _Counter,
+         scoped: ScopedDecisions | None = None) -> None:
     if item.__class__ is dict:
         fast = parse_ipv4_fast(item, now)
         if fast is not None and into.add_ipv4(*fast):
             return
     try:
         parsed = parse_decision(item, now)
+        if parsed is None:
+            geo = parse_scoped_decision(item, now) if scoped is not None else None
+            if geo is not None:
+                scoped.add(geo)  # type: ignore[union-attr]
+                return
     except DecisionError as exc:
         count.bad += 1
         count.first = count.first or str(exc)
         return
     if parsed is None:
+        count.other += 1
         log.debug("ignoring decision with scope %r", item.get("scope"))
         return
     into.add(*parsed)
 
 
-def _delete(item: Any, now: float, index: DecisionIndex) -> int:
+def _delete(item: Any, now: float, index: DecisionIndex,
+            scoped: ScopedDecisions | None = None) -> int:
     """Drop one decision LAPI lists as deleted (by id: another decision on the same value
     stays); 1 if it was held."""
     try:
         parsed = parse_decision(_as_live(item), now)
+        if parsed is None and scoped is not None:
+            geo = parse_scoped_decision(_as_live(item), now)
+            return 1 if geo is not None and scoped.remove(geo.scope, geo.value, geo.id) else 0
     except DecisionError as exc:
         log.debug("ignoring unusable deleted decision: %s", exc)
         return 0
     return 1 if parsed is not None and index.remove(parsed[0].id, parsed[1]) else 0
-
-
-def _build(items: list[Any], now: float, into: DecisionIndex, stats: PullStats) -> None:
-    """Add each usable decision to the index; count and log (once per answer) the rest."""
-    count = _Counter()
-    for item in items:
-        _add(item, now, into, count)
-    count.report(stats)
 
 
 class StreamSource:
@@ -104,8 +117,13 @@ class StreamSource:
         resync_interval: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
         on_pull: Callable[[bool, int], None] | None = None,
+        geo: Geo | None = None,
     ) -> None:
         self._client = client
+        # Country and AS decisions, asked of LAPI only for the scopes a database can match
+        self._geo = geo
+        self._scopes = ",".join(("ip", "range", *geo.scopes)) if geo and geo.scopes else ""
+        self._scoped = ScopedDecisions()
         # told after each pull: (applied, decisions held); systemd's READY and STATUS
         self.on_pull = on_pull
         self._every = update_frequency
@@ -136,7 +154,21 @@ class StreamSource:
                complete: bool = False) -> list[Decision] | None:
         if not self._synced:
             return None
-        return self._index.lookup(family, number, self._clock(), complete, text)
+        now = self._clock()
+        found = self._index.lookup(family, number, now, complete, text)
+        if self._geo is not None:
+            scoped = self._scoped
+            country, asn = self._geo.locate(text)
+            extra = (scoped.lookup("Country", country, now) if country else []) + \
+                (scoped.lookup("AS", asn, now) if asn else [])
+            if extra:
+                found = sorted(found + extra, key=lambda d: (d.severity, -d.expires))
+        return found
+
+    @property
+    def scoped_count(self) -> int:
+        """Country and AS decisions held."""
+        return len(self._scoped)
 
     def pull_once(self) -> bool:
         """One pull (a full resync when due or after a failure); False if it failed.
@@ -152,12 +184,13 @@ class StreamSource:
                 log.info("stream resync: pulling every active decision")
                 fresh = DecisionIndex()
                 fresh.shared = False  # nobody reads it yet: grow its arrays in place
+                fresh_scoped = ScopedDecisions() if self._geo is not None else None
                 count = _Counter()
                 # built while the answer arrives; swapped in only once it is all good
                 seen = 0
-                for key, item in self._client.stream_items(True):
+                for key, item in self._client.stream_items(True, self._scopes):
                     if key == "new":
-                        _add(item, now, fresh, count)
+                        _add(item, now, fresh, count, fresh_scoped)
                         seen += 1
                         if seen % 100_000 == 0:  # a big blocklist takes seconds: say so
                             log.info("stream resync: %d decisions read so far", seen)
@@ -168,13 +201,14 @@ class StreamSource:
                 index = self._index
                 count = _Counter()
                 added = deleted = 0
+                scoped = self._scoped if self._geo is not None else None
                 with index.lock:
-                    for key, item in self._client.stream_items(False):
+                    for key, item in self._client.stream_items(False, self._scopes):
                         if key == "new":
-                            _add(item, now, index, count)
+                            _add(item, now, index, count, scoped)
                             added += 1
                         else:
-                            deleted += _delete(item, now, index)
+                            deleted += _delete(item, now, index, scoped)
         except LapiError as exc:
             self.stats.failures += 1
             self.stats.errors[exc.kind] = self.stats.errors.get(exc.kind, 0) + 1
@@ -192,6 +226,8 @@ class StreamSource:
                 return True
             fresh.shared = True
             self._index = fresh  # swapped whole: readers see the old index or the new one
+            if fresh_scoped is not None:
+                self._scoped = fresh_scoped
             self._last_startup = now
             self._need_startup = False
             log.info("stream resync: %d decision(s) held", len(fresh))
@@ -203,6 +239,7 @@ class StreamSource:
         if now - self._last_sweep >= 60.0:
             with self._index.lock:
                 self._index.expire(now)
+                self._scoped.expire(now)
             self._last_sweep = now
         if self._last_error_kind:
             log.info("stream pull works again")
@@ -306,8 +343,10 @@ class LiveSource:
         timeout: float,
         maxsize: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        geo: Geo | None = None,
     ) -> None:
         self._client = client
+        self._geo = geo  # also asks for the address's Country and AS decisions
         self._ttl = cache_ttl
         self._timeout = timeout
         self._clock = clock
@@ -341,8 +380,27 @@ class LiveSource:
 
     def lookup(self, family: int, number: int, text: str,
                complete: bool = True) -> list[Decision] | None:
-        """Every decision LAPI holds on the address (`complete` changes nothing here)."""
-        key = f"{family}:{number}"
+        """Every decision LAPI holds on the address (`complete` changes nothing here), with
+        those on its country and AS when a database tells them; each answer cached."""
+        found = self._cached(f"{family}:{number}", text, lambda: self._client.query(text))
+        if self._geo is None or found is None:
+            return found
+        country, asn = self._geo.locate(text)
+        for scope, value in (("Country", country), ("AS", asn)):
+            if value:
+                more = self._cached(f"{scope}:{value}", f"{scope} {value}",
+                                    lambda s=scope, v=value: self._client.query_scope(s, v))
+                if more is None:
+                    return None
+                found = found + more
+        if len(found) > 1:
+            found.sort(key=lambda d: (d.severity, -d.expires))
+        return found
+
+    def _cached(self, key: str, what: str,
+                ask: Callable[[], list[Any]]) -> list[Decision] | None:
+        """The cached answer under `key`, or one request (`ask`) shared by every lookup of
+        it that comes meanwhile."""
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
@@ -358,7 +416,7 @@ class LiveSource:
             pending.done.wait(self._timeout + 0.5)
             return pending.result
         try:
-            pending.result = self._fetch(text)
+            pending.result = self._fetch(what, ask)
             if pending.result is not None:
                 with self._lock:
                     self._cache[key] = pending.result
@@ -368,10 +426,10 @@ class LiveSource:
                 self._pending.pop(key, None)
             pending.done.set()
 
-    def _fetch(self, text: str) -> list[Decision] | None:
+    def _fetch(self, what: str, ask: Callable[[], list[Any]]) -> list[Decision] | None:
         self.requests += 1
         try:
-            items = self._client.query(text)
+            items = ask()
         except LapiError as exc:
             self.errors[exc.kind] = self.errors.get(exc.kind, 0) + 1
             if self._ok:
@@ -382,7 +440,14 @@ class LiveSource:
             log.info("live lookups work again")
         self._ok = True
         scratch = DecisionIndex()
-        _build(items, self._clock(), scratch, PullStats())
+        scoped = ScopedDecisions() if self._geo is not None else None
+        count = _Counter()
+        now = self._clock()
+        for item in items:
+            _add(item, now, scratch, count, scoped)
+        count.report(PullStats())
         decisions = list(scratch.decisions())
+        if scoped is not None:
+            decisions += scoped.all()
         decisions.sort(key=lambda d: (d.severity, -d.expires))
         return decisions

@@ -21,8 +21,8 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
-from .app import make_client
-from .decisions import DecisionError, iso_expiry, parse_decision
+from .app import make_client, make_geo
+from .decisions import DecisionError, iso_expiry, parse_decision, parse_scoped_decision
 from .index import address_key
 from .lapi import LapiError
 from .policy import Action, Policy, Stage
@@ -67,7 +67,7 @@ def check(settings: Settings) -> int:
         else:
             try:
                 print(f"active decisions: "
-                      f"{count_decisions(client.active_decisions(), settings.selection)}")
+                      f"{count_decisions(client.active_decisions(), settings.selection, settings)}")
             except LapiError as exc:
                 print(f"active decisions: could not be counted ({exc.kind}): {exc}")
                 return 1
@@ -78,25 +78,32 @@ def check(settings: Settings) -> int:
         client.close()
 
 
-def count_decisions(items: Iterable[object], selection: Selection | None = None) -> str:
+def count_decisions(items: Iterable[object], selection: Selection | None = None,
+                    settings: Settings | None = None) -> str:
     """'N (ban Ip: a, ban Range: b, ...)' for the decisions the milter would hold; those it
     would skip (other scopes, bad values) are counted apart; with a selection, how many of
     those held are enforced and how many each filter drops (the first that drops it)."""
     now = time.monotonic()
     counts: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()  # Country/AS decisions without their database
+    usable = {"Country": bool(settings and settings.geoip_country_db),
+              "AS": bool(settings and settings.geoip_asn_db)}
     other = bad = 0
     for item in items:
         try:
             parsed = parse_decision(item, now)
+            decision = parsed[0] if parsed else parse_scoped_decision(item, now)
         except DecisionError:
             bad += 1
             continue
-        if parsed is None:
+        if decision is None:
             other += 1
+        elif decision.scope in usable and not usable[decision.scope]:
+            skipped[decision.scope] += 1
         else:
-            counts[f"{parsed[0].type} {parsed[0].scope}"] += 1
-            why = selection.why_not(parsed[0].origin, parsed[0].scenario) if selection else None
+            counts[f"{decision.type} {decision.scope}"] += 1
+            why = selection.why_not(decision.origin, decision.scenario) if selection else None
             if why:
                 dropped[why] += 1
     detail = ", ".join(f"{name}: {n}" for name, n in sorted(counts.items()))
@@ -106,11 +113,29 @@ def count_decisions(items: Iterable[object], selection: Selection | None = None)
         text += f"; selected: {held - sum(dropped.values())}"
         for option in ("--origins", "--scenarios-containing", "--scenarios-not-containing"):
             text += f", dropped by {option}: {dropped[option]}"
+    for scope, option in (("Country", "--geoip-country-db"), ("AS", "--geoip-asn-db")):
+        if skipped[scope]:
+            text += f"; {skipped[scope]} {scope} (not used: no {option})"
     if other:
         text += f"; {other} of other scopes (not used)"
     if bad:
         text += f"; {bad} unusable (skipped)"
     return text
+
+
+def geo_line(settings: Settings, country: str, asn: str) -> str:
+    """What lookup says of Country and AS decisions: the address's country and AS, or why
+    such decisions are not checked."""
+    parts = []
+    if settings.geoip_country_db:
+        parts.append(f"country {country or 'unknown'} (--geoip-country-db)")
+    else:
+        parts.append("Country decisions not checked: no --geoip-country-db")
+    if settings.geoip_asn_db:
+        parts.append(f"AS {asn or 'unknown'} (--geoip-asn-db)")
+    else:
+        parts.append("AS decisions not checked: no --geoip-asn-db")
+    return "; ".join(parts)
 
 
 def lookup(ip: str, settings: Settings) -> int:
@@ -125,8 +150,9 @@ def lookup(ip: str, settings: Settings) -> int:
         print(f"decisions on {ip}: not read: {unsafe}")
         return 1
     client = make_client(settings)
+    geo = make_geo(settings)
     try:
-        source = LiveSource(client, 1.0, timeout=settings.lapi_timeout)
+        source = LiveSource(client, 1.0, timeout=settings.lapi_timeout, geo=geo)
         policy = Policy(source, actions=settings.action_map,
                         default_action=settings.default_action, replies=settings.replies,
                         unavailable_reply=settings.unavailable_reply,
@@ -134,6 +160,7 @@ def lookup(ip: str, settings: Settings) -> int:
                         trusted=settings.trusted_networks, dry_run=settings.dry_run,
                         selection=settings.selection)
         family, number, text = address_key(ip)  # type: ignore[misc]
+        print(geo_line(settings, *(geo.locate(text) if geo else ("", ""))))
         decisions = source.lookup(family, number, text)
         if decisions is None:
             print(f"LAPI could not answer; clients get: {settings.on_lapi_error}")
