@@ -9,6 +9,7 @@ import json
 import mailbox
 import os
 import pwd
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from eventschema import read_events
 from milter_process import EXE, MilterProcess
+from mmdb import write as write_mmdb
 from real_crowdsec import CrowdSec
 from real_postfix import Postfix, Transcript, session
 from waiting import eventually
@@ -210,7 +212,7 @@ def test_lookup_says_which_decision_is_selected_and_which_key_applies(
     lapi.add_decision(ip=ip, duration="4h", reason="web-scan")
     lapi.add_decision(ip=ip, duration="1h", reason="crowdsecurity/http-probing")
     keyfile = tmp_path / "key"
-    keyfile.write_text(lapi.add_bouncer("select-tools") + "\n")
+    keyfile.write_text(lapi.add_bouncer(f"select-tools-{next(_n)}") + "\n")
     keyfile.chmod(0o600)
     base = [EXE, "lookup", ip, "--mode", "live", "--lapi-url", lapi.lapi_url,
             "--api-key-file", str(keyfile), "--scenarios-not-containing", "web-scan",
@@ -236,3 +238,66 @@ def test_lookup_says_which_decision_is_selected_and_which_key_applies(
     assert check.returncode == 0, check.stdout + check.stderr
     assert "dropped by --scenarios-not-containing: " in check.stdout
     assert "selected: " in check.stdout
+
+
+@pytest.fixture(scope="module", params=["stream", "live"])
+def geo_node(request: pytest.FixtureRequest, lapi: CrowdSec,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """With the tests' own MaxMind databases: 198.51.100.0/24 is FR and AS64500,
+    192.0.2.0/24 is DE and AS64501."""
+    mode = request.param
+    work = tmp_path_factory.mktemp(f"geo-{mode}")
+    country, asn = write_mmdb(work)
+    n = Node(work, lapi, f"geo-{mode}", mode, "--geoip-country-db", str(country),
+             "--geoip-asn-db", str(asn))
+    yield n
+    n.stop()
+
+
+def test_country_and_as_decisions_through_postfix(geo_node: Node, lapi: CrowdSec) -> None:
+    french, german = "198.51.100.7", "192.0.2.44"
+    assert accepted(geo_node.send(french)) and accepted(geo_node.send(german))
+    lapi.cscli("decisions", "add", "--scope", "Country", "--value", "FR", "--duration", "1h",
+               "--reason", "geo-test")
+    try:
+        assert eventually(lambda: rejected(geo_node.send(french))), geo_node.send(french).text()
+        assert accepted(geo_node.send(german))
+        lapi.cscli("decisions", "add", "--scope", "AS", "--value", "64501", "--type",
+                   "captcha", "--duration", "1h", "--reason", "geo-test-as")
+        assert eventually(lambda: geo_node.send(german).code("MAIL") == 451)
+
+        def seen() -> set[tuple[str, str, str]]:
+            return {(e["client_ip"], e["decision_scope"], e["decision_value"])
+                    for e in read_events(geo_node.milter.events)
+                    if e["event"] == "client_blocked"}
+
+        assert eventually(lambda: seen() >= {(french, "Country", "FR"),
+                                             (german, "AS", "64501")}), seen()
+        assert f"client={french} type=ban scope=Country value=FR" in geo_node.milter.log()
+    finally:  # the other mode's node starts from a clean LAPI
+        lapi.cscli("decisions", "delete", "--scenario", "geo-test")
+        lapi.cscli("decisions", "delete", "--scenario", "geo-test-as")
+    assert eventually(lambda: accepted(geo_node.send(french)))  # deleted: let through again
+
+
+def test_without_a_database_country_decisions_are_skipped_and_said(
+        selecting: Node, lapi: CrowdSec, tmp_path: Path) -> None:
+    lapi.cscli("decisions", "add", "--scope", "Country", "--value", "NL", "--duration", "1h",
+               "--reason", "geo-skip")
+    lapi.add_decision(ip="198.18.250.7")  # control: pulled (stream) or asked (live)
+    assert eventually(lambda: rejected(selecting.send("198.18.250.7")))
+    keyfile = tmp_path / "key"
+    keyfile.write_text(lapi.add_bouncer(f"select-geo-tools-{next(_n)}") + "\n")
+    keyfile.chmod(0o600)
+    args = ["--mode", "live", "--lapi-url", lapi.lapi_url, "--api-key-file", str(keyfile)]
+    check = subprocess.run([EXE, "check", *args], capture_output=True, text=True, timeout=30)
+    assert re.search(r"; \d+ Country \(not used: no --geoip-country-db\)", check.stdout), \
+        check.stdout
+    out = subprocess.run([EXE, "lookup", "198.51.100.7", *args], capture_output=True,
+                         text=True, timeout=30)
+    assert "Country decisions not checked: no --geoip-country-db" in out.stdout, out.stdout
+    country, asn = write_mmdb(tmp_path)
+    out = subprocess.run([EXE, "lookup", "198.51.100.7", *args, "--geoip-country-db",
+                          str(country), "--geoip-asn-db", str(asn)],
+                         capture_output=True, text=True, timeout=30)
+    assert "country FR (--geoip-country-db); AS 64500 (--geoip-asn-db)" in out.stdout, out.stdout

@@ -115,3 +115,17 @@ def test_a_file_that_is_no_database_stops_start_up(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "--geoip-asn-db" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_databases_are_read_only_while_such_decisions_are_held(
+        fake_lapi: tuple[FakeLapi, str], dbs: tuple[Path, Path]) -> None:
+    lapi, url = fake_lapi
+    geo = Geo(str(dbs[0]), str(dbs[1]))
+    src = StreamSource(LapiClient(url, "test-key", 2.0), 10.0, geo=geo)
+    assert src.pull_once()
+    assert lookup(src, "198.51.100.7") == []
+    assert geo.locate.cache_info().misses == 0  # no Country/AS decision: no lookup
+    ident = lapi.add("FR", scope="Country")
+    assert src.pull_once() and lookup(src, "198.51.100.7") == [("Country", "FR")]
+    lapi.delete(ident)
+    assert src.pull_once() and src.scoped_count == 0

@@ -156,8 +156,9 @@ class StreamSource:
             return None
         now = self._clock()
         found = self._index.lookup(family, number, now, complete, text)
-        if self._geo is not None:
-            scoped = self._scoped
+        scoped = self._scoped
+        if self._geo is not None and (scoped.held["Country"] or scoped.held["AS"]):
+            # the databases are read only while some Country or AS decision is held
             country, asn = self._geo.locate(text)
             extra = (scoped.lookup("Country", country, now) if country else []) + \
                 (scoped.lookup("AS", asn, now) if asn else [])
