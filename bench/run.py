@@ -42,8 +42,8 @@ def row(figure: str, ours: str, other: str, note: str) -> None:
 
 
 def bench_index(n_ip: int, n_range: int, probes: int, rounds: int) -> None:
-    from crowdsec_milter.decisions import parse_decision
-    from crowdsec_milter.index import DecisionIndex, address_key
+    from crowdsec_milter.decisions import parse_address, parse_decision
+    from crowdsec_milter.index import DecisionIndex
 
     items = decisions(n_ip, n_range)
     ours = DecisionIndex()
@@ -67,7 +67,7 @@ def bench_index(n_ip: int, n_range: int, probes: int, rounds: int) -> None:
     pc = time.perf_counter_ns
 
     def ours_one(ip: str) -> None:
-        key = address_key(ip)
+        key = parse_address(ip)
         # as the milter asks (Policy.check, StreamSource.lookup): stop at the first ban
         ours.lookup(key[0], key[1], now, False, key[2])  # type: ignore[index]
 
@@ -120,7 +120,7 @@ def bench_pull(n_ip: int, n_range: int, rounds: int) -> None:
 
 
 def bench_live(sessions: int, addresses: int) -> None:
-    from crowdsec_milter.index import address_key
+    from crowdsec_milter.decisions import parse_address
     from crowdsec_milter.lapi import LapiClient
     from crowdsec_milter.source import LiveSource
 
@@ -137,7 +137,7 @@ def bench_live(sessions: int, addresses: int) -> None:
                 if not order:
                     return
                 ip = order.pop()
-            key = address_key(ip)
+            key = parse_address(ip)
             source.lookup(key[0], key[1], ip)  # type: ignore[index]
 
     threads = [threading.Thread(target=worker) for _ in range(32)]

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 from crowdsec_milter import __version__
-from crowdsec_milter.index import address_key
+from crowdsec_milter.decisions import parse_address
 from crowdsec_milter.lapi import LapiClient, LapiError
 from crowdsec_milter.source import LiveSource, StreamSource
 from lapi_server import FakeLapi, Fault
@@ -17,7 +17,7 @@ from waiting import eventually
 
 
 def key(ip: str) -> tuple[int, int]:
-    k = address_key(ip)
+    k = parse_address(ip)
     assert k is not None
     return k[0], k[1]
 
@@ -28,8 +28,7 @@ def client(url: str, key_: str = "test-key", timeout: float = 2.0, **kw) -> Lapi
 
 def test_headers_and_null_lists(fake_lapi: tuple[FakeLapi, str]) -> None:
     lapi, url = fake_lapi
-    answer = client(url).stream(startup=True)
-    assert answer.new == [] and answer.deleted == []
+    assert list(client(url).stream_items(True)) == []  # LAPI's null lists: nothing
     _, query, headers = lapi.requests[-1]
     assert query["startup"] == ["true"]
     assert headers["X-Api-Key"] == "test-key"
@@ -55,7 +54,7 @@ def test_faults_become_one_lapi_error(fake_lapi: tuple[FakeLapi, str], fault: Fa
     lapi, url = fake_lapi
     lapi.fault = fault
     with pytest.raises(LapiError) as err:
-        client(url, timeout=0.3).stream(startup=False)
+        list(client(url, timeout=0.3).stream_items(False))
     assert err.value.kind == kind
     assert "test-key" not in str(err.value)
 
@@ -63,7 +62,7 @@ def test_faults_become_one_lapi_error(fake_lapi: tuple[FakeLapi, str], fault: Fa
 def test_wrong_key_is_auth_error_without_the_key(fake_lapi: tuple[FakeLapi, str]) -> None:
     _, url = fake_lapi
     with pytest.raises(LapiError) as err:
-        client(url, key_="secret-wrong-key").stream(startup=True)
+        list(client(url, key_="secret-wrong-key").stream_items(True))
     assert err.value.kind == "auth" and "secret-wrong-key" not in str(err.value)
 
 
@@ -75,7 +74,7 @@ def test_a_key_that_is_no_header_value_never_reaches_the_error_text(
     header value, and that must not carry the key into a log line."""
     _, url = fake_lapi
     c = client(url, bad_key)
-    for call in (lambda: c.query("192.0.2.1"), lambda: c.stream(startup=True),
+    for call in (lambda: c.query("192.0.2.1"), lambda: list(c.stream_items(True)),
                  lambda: list(c.active_decisions())):
         with pytest.raises(LapiError) as err:
             call()
@@ -86,7 +85,7 @@ def test_a_key_that_is_no_header_value_never_reaches_the_error_text(
 
 def test_unreachable_lapi_is_a_connect_error() -> None:
     with pytest.raises(LapiError) as err:
-        client("http://127.0.0.1:9/").stream(startup=True)
+        list(client("http://127.0.0.1:9/").stream_items(True))
     assert err.value.kind == "connect"
 
 
@@ -94,7 +93,7 @@ def test_oversized_answer_is_refused(fake_lapi: tuple[FakeLapi, str]) -> None:
     lapi, url = fake_lapi
     lapi.fault = Fault(body=b'{"new": [' + b'{"x": 1},' * 20000 + b'{}]}')
     with pytest.raises(LapiError) as err:
-        client(url, max_bytes=100_000).stream(startup=True)
+        list(client(url, max_bytes=100_000).stream_items(True))
     assert err.value.kind == "too_large"
 
 

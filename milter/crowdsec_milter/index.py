@@ -22,45 +22,7 @@ from collections.abc import Iterable
 
 from .decisions import Decision, Network
 
-_pton = socket.inet_pton
 _ntoa = socket.inet_ntoa
-_AF_INET = socket.AF_INET
-
-
-def address_key(text: str) -> tuple[int, int, str] | None:
-    """(family, integer, canonical text) for a client address string, or None when it is
-    no IP address.
-
-    Accepts what MTAs hand over: `1.2.3.4`, `2001:db8::1`, `[::1]`, `IPv6:2001:db8::1`,
-    `fe80::1%eth0` (scope dropped); IPv4-mapped IPv6 becomes IPv4. The canonical text is
-    what logs, replies and LAPI queries show (inet_ntop's form).
-    """
-    if ":" not in text:  # plain dotted quad, nearly every client: one C call
-        try:
-            # inet_pton takes only canonical dotted quads (no leading zeros, four parts)
-            return 4, int.from_bytes(_pton(_AF_INET, text), "big"), text
-        except (OSError, ValueError):
-            pass  # bracketed, empty or not an address: the careful path below
-    if not text:
-        return None
-    if text[0] == "[" and text[-1] == "]":
-        text = text[1:-1]
-    if text[:5].lower() == "ipv6:":
-        text = text[5:]
-    if ":" not in text:
-        try:
-            return 4, int.from_bytes(_pton(_AF_INET, text), "big"), text
-        except (OSError, ValueError):
-            return None
-    text = text.split("%", 1)[0]
-    try:
-        packed = _pton(socket.AF_INET6, text)
-    except (OSError, ValueError):
-        return None
-    number = int.from_bytes(packed, "big")
-    if number >> 32 == 0xFFFF:
-        return 4, number & 0xFFFFFFFF, _ntoa(packed[12:])
-    return 6, number, socket.inet_ntop(socket.AF_INET6, packed)
 
 
 def _key(net: Network) -> int:
@@ -356,7 +318,7 @@ class DecisionIndex:
 
         With complete=False the search stops at the first ban (longest prefix first): a ban
         is the most severe type, so the verdict is the same and a hit costs one probe.
-        `text`, the address's canonical text from `address_key` if the caller has it, saves
+        `text`, the address's canonical text from `parse_address` if the caller has it, saves
         formatting it again for an IPv4 hit. Written flat, without helper calls: this runs
         for every client of the MTA.
         """

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from cachetools import TLRUCache
 
@@ -23,19 +23,11 @@ from .lapi import LapiClient, LapiError
 log = logging.getLogger("crowdsec_milter.source")
 
 
-class DecisionSource(Protocol):
-    def lookup(self, family: int, number: int, text: str) -> list[Decision] | None: ...
-
-    @property
-    def usable(self) -> bool: ...
-
-
 @dataclass
 class PullStats:
     """What the puller has done, for the status line, `check` and metrics."""
 
     pulls: int = 0
-    failures: int = 0
     last_good: float | None = None
     bad_decisions: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -167,7 +159,6 @@ class StreamSource:
                         else:
                             deleted += _delete(item, now, index)
         except LapiError as exc:
-            self.stats.failures += 1
             self.stats.errors[exc.kind] = self.stats.errors.get(exc.kind, 0) + 1
             self._need_startup = True
             if exc.kind != self._last_error_kind:

@@ -17,10 +17,6 @@ class Tally:
         with self._lock:
             self._counts[key] += n
 
-    def get(self, *key: str) -> int:
-        with self._lock:
-            return self._counts[key]
-
     def snapshot(self) -> dict[tuple[str, ...], int]:
         with self._lock:
             return dict(self._counts)

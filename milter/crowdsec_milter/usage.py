@@ -63,7 +63,6 @@ class UsagePusher:
         self._startup = int(time.time())
         self._before: dict[tuple[str, ...], int] = {}
         self._stop = threading.Event()
-        self.pushed = 0
         self.unsupported = False
 
     def push_once(self) -> bool:
@@ -85,7 +84,6 @@ class UsagePusher:
             log.warning("usage metrics refused by LAPI: HTTP %d", status)
             return False
         self._before = snap
-        self.pushed += 1
         return True
 
     def run(self) -> None:
