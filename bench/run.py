@@ -1,7 +1,7 @@
 """crowdsec-milter benchmarks: each figure measured side by side in one run, alternating
 the configurations, median of several rounds. Prints a table; never asserts a time.
 
-usage: bench/run.py [--smoke] [--only index,pull,live,latency,postfix]
+usage: bench/run.py [--smoke] [--only index,pull,live,latency,events,postfix]
 Run from the repo with the project's venv: .venv/bin/python bench/run.py
 """
 
@@ -210,10 +210,53 @@ def bench_latency(n_decisions: int, sessions: int, rounds: int) -> None:
         lapi.close()
 
 
+def bench_events(lines: int, rounds: int) -> None:
+    """Event formatting: the work a milter thread does per event line (the writer thread
+    only writes). Peer: a bare json.dumps of the same fields, the floor for any JSON line."""
+    from crowdsec_milter.events import format_event
+
+    blocked = {"client_ip": "203.0.113.7", "client_name": "unknown", "helo": "evil.example",
+               "mail_from": "<a@example.net>", "rcpt": "", "stage": "connect",
+               "action": "reject", "enforced": True, "reason": "decision",
+               "decision_type": "ban", "decision_scope": "Ip", "decision_value": "203.0.113.7",
+               "scenario": "crowdsecurity/postfix-spam", "origin": "crowdsec",
+               "mta": "mx1.example.org"}
+    rejected = {"client_ip": "198.51.100.7", "client_name": "probe.example",
+                "helo": "probe", "mail_from": "<x@example.net>",
+                "rcpt": "<guess1@example.org>", "status": "5.1.1",
+                "reason": "Recipient address rejected: User unknown in local recipient table",
+                "queue_id": "", "mta": "mx1.example.org"}
+    hostile = {**rejected, "helo": "é\u2028" + "x" * 600,
+               "rcpt": '<x","client_ip":"6.6.6.6@example.org>'}
+    cases = [("client_blocked", blocked), ("rcpt_rejected", rejected),
+             ("rcpt_rejected", hostile)]
+    pc = time.perf_counter_ns
+    now = time.time  # as EventWriter.emit stamps each line
+    ours: dict[str, list[float]] = {}
+    floor: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for (name, fields), label in zip(cases, ("blocked", "rejected", "hostile"), strict=True):
+            t0 = pc()
+            for _ in range(lines):
+                format_event(name, fields, now())
+            ours.setdefault(label, []).append((pc() - t0) / lines / 1000)
+            t0 = pc()
+            for _ in range(lines):
+                json.dumps({"time": "", "event": name, **fields}, ensure_ascii=False,
+                           separators=(",", ":"))
+            floor.setdefault(label, []).append((pc() - t0) / lines / 1000)
+
+    def med(got: dict[str, list[float]]) -> str:
+        return " / ".join(f"{statistics.median(v):.2f}" for v in got.values())
+
+    row("event formatting, client_blocked / rcpt_rejected / hostile (median µs a line)",
+        med(ours), med(floor),
+        "format_event, as a milter thread calls it; other = bare json.dumps of the same fields")
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: proves the scripts run")
-    parser.add_argument("--only", default="index,pull,live,latency,postfix")
+    parser.add_argument("--only", default="index,pull,live,latency,events,postfix")
     args = parser.parse_args()
     only = set(args.only.split(","))
     big = not args.smoke
@@ -228,6 +271,8 @@ def main() -> int:
         bench_live(10_000 if big else 500, 1_000 if big else 50)
     if "latency" in only:
         bench_latency(100_000 if big else 1_000, 500 if big else 20, 3 if big else 1)
+    if "events" in only:
+        bench_events(20_000 if big else 500, 7 if big else 1)
     if "postfix" in only:
         try:
             from postfix_bench import bench_postfix

@@ -189,6 +189,13 @@ on_success: break
             raise RuntimeError(f"replay failed ({out.returncode}):\n{text[-3000:]}")
         return text
 
+    def explain(self, lines_file: Path) -> str:
+        """`cscli explain -v` over a recorded event log with the shipped content, against
+        this running LAPI: what each parser made of each line."""
+        self.install_content(lines_file)
+        return self.cscli("explain", "--file", str(lines_file), "--type", "crowdsec-milter",
+                          "-v")
+
     def _fix_creds_url(self) -> None:
         creds = self.etc / "local_api_credentials.yaml"
         lines = [line for line in creds.read_text().splitlines() if not line.startswith("url:")]

@@ -3,11 +3,13 @@ through a real CrowdSec (replay mode) with our parser and scenarios, alerts asse
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 import pytest
 from crowdsec_milter.events import format_event
+from eventschema import sample, validate_line
 from real_crowdsec import CrowdSec
 
 pytestmark = pytest.mark.integration
@@ -17,9 +19,11 @@ RELAY = ("5.7.1", "Relay access denied")
 
 
 def line(ip: str, rcpt: str, kind: tuple[str, str], at: float) -> str:
-    return format_event("rcpt_rejected", {
+    text = format_event("rcpt_rejected", {
         "client_ip": ip, "client_name": "unknown", "helo": "probe", "mail_from": "<x@y>",
         "rcpt": rcpt, "status": kind[0], "reason": kind[1], "queue_id": "", "mta": "mx1"}, at)
+    validate_line(text)
+    return text
 
 
 def replay(tmp_path: Path, lines: list[str]) -> dict[str, set[str]]:
@@ -81,3 +85,33 @@ def test_hostile_recipients_cannot_frame_another_address(tmp_path: Path) -> None
     fired = replay(tmp_path, lines)
     assert "192.0.2.99" not in fired
     assert "crowdsec-milter/dictionary-attack" in fired.get("198.51.100.20", set())
+
+
+def test_typed_fields_reach_crowdsec_as_their_json_text(tmp_path: Path) -> None:
+    """This CrowdSec's JsonExtract (1.4.6 on Debian 12) hands a boolean over as the text
+    true/false and a number as its digits: the parser's enforced and event_version metas
+    read them so, and a HELO that spells them cannot set them."""
+    t = time.time() - 60
+    cases = [("203.0.113.21", True, "mx.example"),
+             ("203.0.113.22", False, 'x","enforced":true,"v":2,"client_ip":"192.0.2.99')]
+    lines = [format_event("client_blocked", sample("client_blocked", client_ip=ip, helo=helo,
+                                                   action="reject", enforced=enforced), t + i)
+             for i, (ip, enforced, helo) in enumerate(cases)]
+    lines.append(line("203.0.113.23", "<a@example.org>", UNKNOWN, t + 5))
+    for text in lines:
+        validate_line(text)
+    log = tmp_path / "events.log"
+    log.write_text("".join(lines))
+    cs = CrowdSec(tmp_path / "cs").start()
+    try:
+        out = cs.explain(log)
+    finally:
+        cs.stop()
+    metas = [dict(re.findall(r"create evt\.Meta\.(\w+) : (.*)", block))
+             for block in out.split("line: ")[1:]]
+    assert [(m.get("source_ip"), m.get("log_type"), m.get("enforced"), m.get("event_version"))
+            for m in metas] == [
+        ("203.0.113.21", "smtp_client_blocked", "true", "1"),
+        ("203.0.113.22", "smtp_client_blocked", "false", "1"),
+        ("203.0.113.23", "smtp_rcpt_rejected", None, "1"),  # no enforced in this event
+    ], out

@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 from crowdsec_milter.cli import build_parser, parse
+from eventschema import read_events
 from real_crowdsec import CrowdSec
 from real_postfix import free_port, session
 from waiting import eventually
@@ -558,7 +559,7 @@ def test_the_stack_without_docker(tmp_path: Path) -> None:
             assert t.rcpt_codes == [550] * 5, t.text()
         assert eventually(lambda: rejected(attacker), 20), cs.log_tail() + milter_log()
         assert accepted(bystander)
-        lines = [json.loads(x) for x in event_log.read_text().splitlines()]
+        lines = read_events(event_log)
         assert {x["client_ip"] for x in lines if x["event"] == "rcpt_rejected"} == {attacker}
 
         # logrotate: the shipped file, pointed at this log, user and process

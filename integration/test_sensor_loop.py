@@ -4,13 +4,13 @@ prober, and the milter rejects it; across two MTA nodes that share one LAPI too.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from eventschema import read_events
 from milter_process import MilterProcess
 from real_crowdsec import CrowdSec
 from real_postfix import Postfix, Transcript, session
@@ -39,7 +39,7 @@ class MtaNode:
         return t.code("MAIL") == 550 and "blocked by CrowdSec" in t.text()
 
     def events(self) -> list[dict]:
-        return [json.loads(x) for x in self.milter.events.read_text().splitlines()]
+        return read_events(self.milter.events)
 
     def stop(self) -> None:
         self.postfix.stop()
@@ -128,11 +128,10 @@ def test_hostile_recipients_frame_nobody_and_forge_no_line(node_a) -> None:
                               for h in hostile])
     control = "198.51.100.91"
     agent_caught_up(cs, node, control)
-    lines = node.milter.events.read_text(errors="strict").splitlines()
-    for raw in lines:
-        event = json.loads(raw)  # one JSON object per line, every line
-        assert event["client_ip"] in (attacker, control), raw
-    assert any(json.loads(raw)["client_ip"] == attacker for raw in lines)
+    events = node.events()  # one JSON object per line, every line, as the schema says
+    for event in events:
+        assert event["client_ip"] in (attacker, control), event
+    assert any(event["client_ip"] == attacker for event in events)
     assert [d for d in cs.decisions() if d["value"] == framed] == []
     assert not node.rejected(framed)
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+from eventschema import read_events
 from miltertest import MilterConnection
 from miltertest import constants as c
 
@@ -94,6 +95,8 @@ class MilterProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        if self.events.is_file():
+            read_events(self.events)  # every line this milter wrote conforms to the schema
         return time.monotonic() - started
 
 

@@ -14,6 +14,7 @@ from crowdsec_milter.decisions import DecisionError, parse_decision
 from crowdsec_milter.events import EventWriter, clean_text
 from crowdsec_milter.jsonstream import StreamFormatError, iter_arrays, iter_list
 from crowdsec_milter.policy import Stage
+from eventschema import read_events, validate_line
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_policy import IndexSource, make
@@ -76,7 +77,7 @@ def test_callbacks_never_raise_and_always_answer_validly(tmp_path_factory, stage
     lines = path.read_text(errors="strict").split("\n")
     assert lines[-1] == ""  # every line ends with its newline
     for line in lines[:-1]:
-        assert json.loads(line)["client_ip"] == clean_text(ip)
+        assert validate_line(line)["client_ip"] == clean_text(ip)
 
 
 json_values = st.recursive(
@@ -132,7 +133,7 @@ def test_fuzz_writes_valid_event_lines(tmp_path: Path) -> None:
     for r in ('<a","client_ip":"6.6.6.6>', "<\u2028x>", "<" + "é" * 600 + ">"):
         ctx._envrcpt(r)
     writer.stop()
-    events = [json.loads(x) for x in path.read_text().splitlines()]
+    events = read_events(path)
     assert len(events) == 3 and {e["client_ip"] for e in events} == {"192.0.2.7"}
     assert events[0]["mail_from"] == "\\xff\\xfe"
     assert events[2]["rcpt"].endswith("bytes]")

@@ -134,8 +134,10 @@ v6net = st.builds(lambda n, p: ipaddress.ip_network((n, p), strict=False),
                     max_size=20),
     removals=st.lists(st.integers(0, 24), max_size=8),
     private=st.booleans(),
+    short=st.sets(st.integers(0, 24), max_size=8),
+    sweep=st.booleans(),
 )
-def test_index_agrees_with_brute_force(nets, probes, removals, private) -> None:
+def test_index_agrees_with_brute_force(nets, probes, removals, private, short, sweep) -> None:
     index = DecisionIndex()
     index.shared = not private  # both write paths: in place (startup) and copy-on-write
     held = []
@@ -143,8 +145,12 @@ def test_index_agrees_with_brute_force(nets, probes, removals, private) -> None:
         if net.version == 6 and net.network_address.ipv4_mapped is not None:
             continue  # mapped ranges are folded to IPv4, covered elsewhere
         scope = "Ip" if net.prefixlen == net.max_prefixlen else "Range"
-        add(index, i, str(net.network_address) if scope == "Ip" else str(net), scope=scope)
+        add(index, i, str(net.network_address) if scope == "Ip" else str(net), scope=scope,
+            type_="captcha" if i % 3 else "ban", duration="10s" if i in short else "1h")
         held.append((i, net))
+    if sweep:  # the short-lived ones go, and with them their /16 probes
+        index.expire(NOW + 50)
+        held = [(i, net) for i, net in held if i not in short]
     for r in removals:
         for i, net in held:
             if i == r:
@@ -163,6 +169,12 @@ def test_index_agrees_with_brute_force(nets, probes, removals, private) -> None:
         got = {d.id for d in look(index, str(ip))}
         assert got == _ref_match(held, ip), str(ip)
     assert len(index) == len(held)
+    # the counts the writers keep equal a count of what is held
+    brute: dict[tuple[str, int], int] = {}
+    for d in index.decisions():
+        family = 6 if ":" in d.value else 4
+        brute[(d.scope, family)] = brute.get((d.scope, family), 0) + 1
+    assert index.counts() == brute
 
 
 def test_a_low_half_straddling_two_entries_is_no_match() -> None:

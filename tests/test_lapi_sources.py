@@ -3,6 +3,7 @@ LAPI contract (tests/lapi_server.py), including the faults a real CrowdSec canno
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -171,6 +172,8 @@ def test_bad_decisions_are_skipped_rest_used(fake_lapi: tuple[FakeLapi, str]) ->
 def test_hard_deleted_decision_goes_at_resync(fake_lapi: tuple[FakeLapi, str]) -> None:
     lapi, url = fake_lapi
     a = lapi.add("203.0.113.7")
+    lapi.add("203.0.113.8")  # the others stay: a resync dropping most waits (see below)
+    lapi.add("203.0.113.9")
     now = [0.0]
     src = StreamSource(client(url), 10.0, resync_interval=100.0, clock=lambda: now[0])
     assert src.pull_once()
@@ -306,3 +309,84 @@ def test_drip_fed_stream_pull_has_its_own_bound(fake_lapi: tuple[FakeLapi, str])
     done, ok = _within(4 * 1.0, src.pull_once)
     assert done and ok is False
     assert lapi.requests[-1][1]["startup"] == ["false"]
+
+
+def _hold_many(lapi: FakeLapi) -> list[tuple[int, str]]:
+    """100 decisions of every kind the index keeps apart: v4 and v6, Ip and Range."""
+    held = []
+    for i in range(100):
+        value, scope = [(f"198.51.{i}.9", "Ip"), (f"10.{i}.0.0/16", "Range"),
+                        (f"2001:db8::{i:x}", "Ip"), (f"2001:db8:{i:x}::/48", "Range")][i % 4]
+        ident = lapi.add(value, scope=scope)
+        probe = value.split("/")[0] if scope == "Ip" else value.replace(".0.0/16", ".3.3") \
+            .replace("::/48", "::5")
+        held.append((ident, probe))
+    return held
+
+
+def _blocked(src: StreamSource, held: list[tuple[int, str]]) -> set[int]:
+    return {ident for ident, probe in held
+            if any(d.id == ident for d in src.lookup(*key(probe), "") or ())}
+
+
+def test_full_resync_dropping_most_decisions_waits_for_the_next_to_agree(
+        fake_lapi: tuple[FakeLapi, str], caplog: pytest.LogCaptureFixture) -> None:
+    lapi, url = fake_lapi
+    held = _hold_many(lapi)
+    now = [0.0]
+    src = StreamSource(client(url), 10.0, resync_interval=3600.0, clock=lambda: now[0])
+    assert src.pull_once()
+    assert _blocked(src, held) == {i for i, _ in held}
+    for ident, _ in held[10:]:  # LAPI really lost 90% (say, alerts deleted in bulk)
+        lapi.hard_delete(ident)
+    now[0] = 3600.0  # the periodic full resync
+    caplog.clear()
+    assert src.pull_once()
+    assert lapi.requests[-1][1]["startup"] == ["true"]
+    assert _blocked(src, held) == {i for i, _ in held}  # not applied yet
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "10 decision(s)" in warnings[0].getMessage()
+    now[0] = 3610.0  # the next update is a full pull again, and it agrees
+    caplog.clear()
+    assert src.pull_once()
+    assert lapi.requests[-1][1]["startup"] == ["true"]
+    assert _blocked(src, held) == {i for i, _ in held[:10]}
+    assert any("applying" in r.getMessage() for r in caplog.records)
+    now[0] = 3620.0
+    assert src.pull_once()
+    assert lapi.requests[-1][1]["startup"] == ["false"]  # back to deltas
+
+
+def test_a_truncated_full_resync_loses_nothing(fake_lapi: tuple[FakeLapi, str],
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """LAPI ended a full answer early with a 200 and valid JSON (a database error while it
+    streamed): a glitch that the next full pull shows for what it is."""
+    lapi, url = fake_lapi
+    held = _hold_many(lapi)
+    now = [0.0]
+    src = StreamSource(client(url), 10.0, resync_interval=3600.0, clock=lambda: now[0])
+    assert src.pull_once()
+    truncated = {"new": [lapi.decisions[i] for i, _ in held[:10]], "deleted": None}
+    lapi.fault = Fault(body=json.dumps(truncated).encode(), count=1)
+    now[0] = 3600.0
+    caplog.clear()
+    assert src.pull_once()
+    assert _blocked(src, held) == {i for i, _ in held}
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+    late = lapi.add("203.0.113.50")
+    now[0] = 3610.0
+    caplog.clear()
+    assert src.pull_once()
+    assert lapi.requests[-1][1]["startup"] == ["true"]
+    assert _blocked(src, held) == {i for i, _ in held}  # nothing lost
+    assert [d.id for d in src.lookup(*key("203.0.113.50"), "")] == [late]
+    assert any("not applied" in r.getMessage() for r in caplog.records)
+
+
+def test_first_sync_takes_any_answer(fake_lapi: tuple[FakeLapi, str]) -> None:
+    """Nothing held yet: even a tiny first answer is applied at once."""
+    lapi, url = fake_lapi
+    a = lapi.add("203.0.113.7")
+    src = StreamSource(client(url), 10.0)
+    assert src.pull_once()
+    assert [d.id for d in src.lookup(*key("203.0.113.7"), "")] == [a]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from crowdsec_milter.events import EventWriter
 from crowdsec_milter.policy import Action, Policy, Stage
 from crowdsec_milter.session import SessionContext, session_class
 from crowdsec_milter.settings import Settings
+from eventschema import read_events
 from Milter.testctx import TestCtx as MilterTestCtx
 from test_policy import IndexSource, make
 
@@ -160,12 +160,11 @@ def test_rejected_recipients_become_events(tmp_path: Path) -> None:
     ctx._setsymval("{rcpt_mailer}", "local")
     assert ctx._envrcpt("<bob@example.org>") == Milter.CONTINUE
     writer.stop()
-    lines = path.read_text().splitlines()
-    assert len(lines) == 2
-    events = [json.loads(line) for line in lines]
+    events = read_events(path)
+    assert len(events) == 2
     assert {e["client_ip"] for e in events} == {"192.0.2.9"}
     assert events[0] | {"time": None} == {
-        "time": None, "event": "rcpt_rejected", "client_ip": "192.0.2.9",
+        "time": None, "event": "rcpt_rejected", "v": 1, "client_ip": "192.0.2.9",
         "client_name": "probe.example", "helo": 'x"y', "mail_from": "<spam@example.net>",
         "rcpt": "<guess1@example.org>", "status": "5.1.1",
         "reason": "Recipient address rejected: User unknown", "queue_id": "4ABC123",
@@ -183,7 +182,7 @@ def test_blocked_client_becomes_one_event(tmp_path: Path) -> None:
     assert ctx._envrcpt("<r1@example.org>") == Milter.REJECT
     assert ctx._envrcpt("<r2@example.org>") == Milter.REJECT
     writer.stop()
-    events = [json.loads(line) for line in path.read_text().splitlines()]
+    events = read_events(path)
     assert len(events) == 1
     e = events[0]
     assert (e["event"], e["client_ip"], e["stage"], e["decision_type"], e["decision_scope"],

@@ -3,11 +3,11 @@ with decisions from a real HTTP server that speaks the LAPI contract."""
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
 import pytest
+from eventschema import read_events
 from lapi_server import FakeLapi, Fault
 from milter_process import MilterProcess, Mta, free_port, scrape
 from waiting import eventually
@@ -87,7 +87,7 @@ def test_rcpt_stage_and_rejected_recipient_events(milter) -> None:
                                               "{rcpt_addr}": "User unknown"})[0] == "continue"
     mta.close()
     proc.stop()  # SIGTERM: the event writer flushes before exit
-    events = [json.loads(x) for x in proc.events.read_text().splitlines()]
+    events = read_events(proc.events)
     assert [(e["event"], e["client_ip"]) for e in events] == \
         [("client_blocked", "203.0.113.7"), ("rcpt_rejected", "192.0.2.5")]
     assert events[1]["status"] == "5.1.1" and events[1]["rcpt"] == "<nobody@example.org>"

@@ -18,8 +18,10 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import queue
+import re
 import socket
 import sys
 import threading
@@ -29,8 +31,17 @@ from typing import Any, TextIO
 log = logging.getLogger("crowdsec_milter.events")
 
 FIELD_LIMIT = 512
-_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
-_SURROGATES = {c: f"\\x{c - 0xDC00:02x}" for c in range(0xDC80, 0xDD00)}
+# The line format's version, written in every line as "v" and pinned in
+# conf/events.schema.json: raise it whenever a field of an event is added, removed, retyped
+# or changes meaning.
+EVENT_VERSION = 1
+_LINE_BREAKS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
+_SURROGATE = re.compile("[\udc80-\udcff]")
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _byte_escape(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()) - 0xDC00:02x}"
 JSON_ESCAPE = "crowdsec_milter.json_escape"
 
 
@@ -65,7 +76,9 @@ def clean_text(value: object, limit: int = FIELD_LIMIT) -> str:
         if text.isascii():  # nearly every value: no surrogates, one byte a character
             return text if len(text) <= limit else \
                 f"{text[:limit]}...[cut {len(text) - limit} bytes]"
-        text = text.translate(_SURROGATES)
+        # bytes that were not UTF-8, smuggled in by surrogateescape: written as \xNN
+        if _SURROGATE.search(text):
+            text = _SURROGATE.sub(_byte_escape, text)
     data = text.encode("utf-8", "backslashreplace")
     if len(data) <= limit:
         return text
@@ -73,26 +86,53 @@ def clean_text(value: object, limit: int = FIELD_LIMIT) -> str:
     return f"{cut}...[cut {len(data) - len(cut.encode())} bytes]"
 
 
+_stamp: tuple[int, str] = (-1, "")
+
+
 def rfc3339(timestamp: float) -> str:
+    global _stamp
     seconds = int(timestamp // 1)
     micros = int((timestamp - seconds) * 1e6)
-    return time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(seconds)) + f"{micros:06d}Z"
+    cached, prefix = _stamp  # one tuple, read at once: safe across milter threads
+    if cached != seconds:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(seconds))
+        _stamp = (seconds, prefix)
+    return f"{prefix}{micros:06d}Z"
+
+
+def _typed(value: object) -> object:
+    """A field value with its JSON type kept: true/false, a number, or safe text.
+
+    One rule for a value that is missing or does not apply (None, NaN, infinity): the empty
+    string, never null (conf/events.schema.json says so to consumers)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)  # an IntEnum as its number
+    if isinstance(value, float):
+        return value if math.isfinite(value) else ""
+    return clean_text(value)
 
 
 def format_event(event: str, fields: dict[str, Any], timestamp: float) -> str:
-    """One event as one JSON line (with its newline); `time` and `event` come first."""
-    record: dict[str, Any] = {"time": rfc3339(timestamp), "event": event}
+    """One event as one JSON line (with its newline): `time`, `event` and the format version
+    `v` come first; values keep their JSON type (see conf/events.schema.json)."""
+    record: dict[str, Any] = {"time": rfc3339(timestamp), "event": event, "v": EVENT_VERSION}
     for key, value in fields.items():
         if key in record:
             continue
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            record[key] = value
+        if value.__class__ is str and value.isascii() and len(value) <= FIELD_LIMIT:
+            record[key] = value  # nearly every value: nothing to escape or cut
         else:
-            record[key] = clean_text(value)
-    line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+            record[key] = _typed(value)
+    line = _ENCODE(record)
     # JSON leaves these raw, but many line readers (Python's splitlines among them) break
     # lines there: escape them so a line stays a line for every reader.
-    return (line if line.isascii() else line.translate(_LINE_BREAKS)) + "\n"
+    if not line.isascii():
+        for char, escaped in _LINE_BREAKS:
+            if char in line:
+                line = line.replace(char, escaped)
+    return line + "\n"
 
 
 class _Sink:

@@ -118,11 +118,15 @@ class MetricsServer:
     """/metrics for Prometheus and /health (200 only when the decision source is usable)."""
 
     def __init__(self, host: str, port: int, collector: MilterCollector,
-                 usable: Callable[[], bool]) -> None:
+                 usable: Callable[[], bool], *, read_timeout: float = 10.0) -> None:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(collector)  # type: ignore[arg-type]
 
         class Handler(BaseHTTPRequestHandler):
+            # a client that connects and sends nothing (or stalls) is dropped after this
+            # many seconds instead of holding a thread for as long as it likes
+            timeout = read_timeout
+
             def log_message(self, *args: Any) -> None:
                 pass
 

@@ -104,6 +104,9 @@ class StreamSource:
         self._last_startup = 0.0
         self._last_sweep = 0.0
         self._last_error_kind = ""
+        # decisions in a full answer that would have dropped most of those held, kept
+        # back until the next full pull says the same (None: no such answer pending)
+        self._shrunk_to: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.stats = PullStats()
@@ -169,6 +172,9 @@ class StreamSource:
         now = self._clock()
         if startup:
             count.report(self.stats)
+            if not self._accept_resync(len(fresh), now):
+                self._need_startup = True  # the next update pulls everything again
+                return True
             fresh.shared = True
             self._index = fresh  # swapped whole: readers see the old index or the new one
             self._last_startup = now
@@ -188,6 +194,40 @@ class StreamSource:
             self._last_error_kind = ""
         self._synced = True
         self.stats.last_good = now
+        return True
+
+    def _accept_resync(self, fresh: int, now: float) -> bool:
+        """Whether a full answer of `fresh` decisions may replace those held.
+
+        One that would drop more than half of them is applied only once the next full
+        pull agrees: LAPI streams its answer, and a database error halfway can still end
+        it with a 200 and valid JSON that lacks most decisions; applying that would unban
+        nearly everyone until the next resync. (Measured by count: a truncated answer
+        brings few new decisions, so fewer than half as many is the sign.) Logged either
+        way; with nothing held (start-up) any answer is taken.
+        """
+        held = len(self._index)
+        if fresh * 2 < held:  # expired ones are no loss: sweep them before judging
+            with self._index.lock:
+                self._index.expire(now)
+            self._last_sweep = now
+            held = len(self._index)
+        if fresh * 2 >= held:
+            if self._shrunk_to is not None:
+                log.warning("stream resync: %d decision(s) again, %d held; the earlier full "
+                            "answer with only %d was not applied", fresh, held,
+                            self._shrunk_to)
+                self._shrunk_to = None
+            return True
+        if self._shrunk_to is None:
+            self._shrunk_to = fresh
+            log.warning("stream resync: LAPI's full answer has %d decision(s) where %d are "
+                        "held; keeping those until the next full pull agrees (a cut-short "
+                        "answer would unban most clients)", fresh, held)
+            return False
+        log.warning("stream resync: a second full answer has %d decision(s) (the first had "
+                    "%d), %d held: applying it", fresh, self._shrunk_to, held)
+        self._shrunk_to = None
         return True
 
     def run(self) -> None:
