@@ -149,9 +149,9 @@ def bench_live(sessions: int, addresses: int) -> None:
     # Requests the milter sent (a timed-out one counts, and so does its retry), beside those
     # the bench LAPI answered.
     row(f"live mode: LAPI requests for {sessions:,} sessions from {addresses:,} addresses",
-        f"{source.requests:,}", f"{sessions:,} (no cache)",
+        f"{source.stats().requests:,}", f"{sessions:,} (no cache)",
         f"32 threads, --cache-ttl 60, {time.monotonic() - started:.1f} s; LAPI answered "
-        f"{lapi.live_requests:,}; failed: {sum(source.errors.values())}")
+        f"{lapi.live_requests:,}; failed: {sum(source.stats().errors.values())}")
     lapi.close()
 
 

@@ -138,8 +138,8 @@ v6net = st.builds(lambda n, p: ipaddress.ip_network((n, p), strict=False),
     sweep=st.booleans(),
 )
 def test_index_agrees_with_brute_force(nets, probes, removals, private, short, sweep) -> None:
-    index = DecisionIndex()
-    index.shared = not private  # both write paths: in place (startup) and copy-on-write
+    # both write paths: in place (a private index, startup) and copy-on-write (published)
+    index = DecisionIndex(private=private)
     held = []
     for i, net in enumerate(nets):
         if net.version == 6 and net.network_address.ipv4_mapped is not None:

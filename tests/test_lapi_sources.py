@@ -166,7 +166,7 @@ def test_bad_decisions_are_skipped_rest_used(fake_lapi: tuple[FakeLapi, str]) ->
     assert len(src.index) == 1  # the negative-duration one is never stored
     assert [d.id for d in src.lookup(*key("203.0.113.7"), "")] == [good]
     assert src.lookup(*key("198.51.100.1"), "") == []
-    assert src.stats.bad_decisions == 5  # 3 bad values, 1 absurd, 1 negative duration
+    assert src.stats().bad_decisions == 5  # 3 bad values, 1 absurd, 1 negative duration
 
 
 def test_hard_deleted_decision_goes_at_resync(fake_lapi: tuple[FakeLapi, str]) -> None:
@@ -290,7 +290,7 @@ def test_drip_fed_live_lookup_ends_at_the_timeout(fake_lapi: tuple[FakeLapi, str
     done, result = _within(4 * 0.5, lambda: src.lookup(*key("203.0.113.7"), "203.0.113.7"))
     assert done, "live lookup still waiting on a drip-fed answer after 4x --lapi-timeout"
     assert result is None and not src.usable
-    assert src.errors == {"timeout": 1}
+    assert src.stats().errors == {"timeout": 1}
 
 
 def test_drip_fed_stream_pull_has_its_own_bound(fake_lapi: tuple[FakeLapi, str]) -> None:

@@ -27,7 +27,6 @@ import Milter
 from . import __version__
 from .session import session_class
 from .settings import RESTART_ONLY, ConfigError, Settings
-from .source import StreamSource
 from .wiring import Parts, StartError, build, make_context
 
 log = logging.getLogger("crowdsec_milter")
@@ -203,14 +202,8 @@ def run(settings: Settings, load: Callable[[], Settings]) -> int:
     log.info("crowdsec-milter %s starting: socket=%s lapi=%s mode=%s stage=%s%s",
              __version__, settings.socket, settings.lapi_url, settings.mode, settings.stage,
              " dry-run" if settings.dry_run else "")
-    if parts.events is not None:
-        parts.events.start()
-    if isinstance(parts.source, StreamSource):
-        parts.source.start()
-    if parts.usage is not None:
-        parts.usage.start()
+    parts.start()
     if parts.metrics is not None:
-        parts.metrics.start()
         host = settings.metrics_listen[0]
         log.info("metrics and /health on %s:%d", f"[{host}]" if ":" in host else host,
                  parts.metrics.port)
@@ -262,14 +255,6 @@ def run(settings: Settings, load: Callable[[], Settings]) -> int:
             log.info("stopping with callbacks still coming in")
         stop_libmilter(settings.socket)
         done.wait(10.0)
-    if isinstance(parts.source, StreamSource):
-        parts.source.stop()
-    if parts.events is not None:
-        parts.events.stop()
-    if parts.metrics is not None:
-        parts.metrics.stop()
-    if parts.usage is not None:
-        parts.usage.stop()
-    parts.client.close()
+    parts.stop()
     log.info("stopped")
     return 1 if failed.is_set() else 0

@@ -145,6 +145,18 @@ def parse_network(scope: str, value: str) -> Network:
     return Network(net.version, net.prefixlen, int(net.network_address))
 
 
+def network_text(family: int, prefixlen: int, number: int, scope: str) -> str:
+    """A decision's value as the milter shows it (logs, events, replies): the canonical
+    address, with its prefix length unless it is an Ip decision on a whole address."""
+    if family == 4:
+        address = socket.inet_ntop(socket.AF_INET, number.to_bytes(4, "big"))
+        full = prefixlen == 32
+    else:
+        address = socket.inet_ntop(socket.AF_INET6, number.to_bytes(16, "big"))
+        full = prefixlen == 128
+    return address if full and scope == "Ip" else f"{address}/{prefixlen}"
+
+
 class Decision(NamedTuple):
     """One CrowdSec decision with its own absolute expiry (on the monotonic clock).
 

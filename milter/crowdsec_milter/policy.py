@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .decisions import Decision, parse_address
-from .tally import Tally
+from .tally import LOOKUP_CLEAN, LOOKUP_MATCH, LOOKUP_UNAVAILABLE, Tally
 
 
 class DecisionSource(Protocol):
@@ -154,12 +154,12 @@ class Policy:
             return None
         decisions = self.source.lookup(family, number, text)
         if decisions is None:
-            self.tally.inc("lookup", "unavailable")
+            self.tally.inc(LOOKUP_UNAVAILABLE)
             return self.unavailable(text)
         if not decisions:
-            self.tally.inc("lookup", "clean")
+            self.tally.inc(LOOKUP_CLEAN)
             return None
-        self.tally.inc("lookup", "match")
+        self.tally.inc(LOOKUP_MATCH)
         return self.verdict_for(decisions, text)
 
     def verdict_for(self, decisions: list[Decision], ip: str) -> Verdict:

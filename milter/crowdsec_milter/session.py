@@ -18,7 +18,7 @@ import Milter
 
 from .events import EventWriter, clean_text
 from .policy import Action, Policy, Stage, Verdict
-from .tally import Tally
+from .tally import ERRORS, SESSIONS, Tally, blocked, rcpt_rejected
 
 log = logging.getLogger("crowdsec_milter.session")
 
@@ -69,7 +69,7 @@ class Session(Milter.Base):
 
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         self.__init__()  # type: ignore[misc]  # a new connect (after XCLIENT) is a new client
-        self.context.tally.inc("sessions")
+        self.context.tally.inc(SESSIONS)
         self.ip = _addr(family, hostaddr)
         self.client_name = hostname or ""
         return self._at(Stage.CONNECT, rcpt="")
@@ -121,7 +121,7 @@ class Session(Milter.Base):
             self.setreply(code, xcode, text)
             return _RESULT[verdict.action]
         except Exception:
-            self.context.tally.inc("error")
+            self.context.tally.inc(ERRORS)
             log.exception("internal error deciding on client %s", clean_text(self.ip, 64))
             return self._fallback()
 
@@ -140,9 +140,9 @@ class Session(Milter.Base):
         """One operational log line and one event per blocked session."""
         decision = verdict.decision
         dtype = decision.type if decision else ""
-        self.context.tally.inc("blocked", dtype or verdict.reason,
-                               decision.origin if decision else "", str(stage),
-                               str(verdict.action) if verdict.enforce else "none")
+        self.context.tally.inc(blocked(dtype or verdict.reason,
+                                       decision.origin if decision else "", str(stage),
+                                       str(verdict.action) if verdict.enforce else "none"))
         log.info(
             "%s client=%s type=%s scope=%s value=%s scenario=%s origin=%s stage=%s%s",
             "would block" if not verdict.enforce else f"{verdict.action}",
@@ -168,7 +168,7 @@ class Session(Milter.Base):
 
     def _rcpt_rejected(self, to: str) -> None:
         status = self._macro("{rcpt_host}")
-        self.context.tally.inc("rcpt_rejected", status[:1] + "xx" if status else "unknown")
+        self.context.tally.inc(rcpt_rejected(status[:1] + "xx" if status else "unknown"))
         if self.context.events is None:
             return
         self.context.events.emit(

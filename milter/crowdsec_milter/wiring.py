@@ -14,7 +14,7 @@ from .metrics import MetricsServer, MilterCollector
 from .policy import DecisionSource, Policy
 from .session import SessionContext
 from .settings import Settings
-from .source import LiveSource, StreamSource
+from .source import LiveSource, Source, StreamSource
 from .tally import Tally
 from .usage import UsagePusher
 
@@ -28,12 +28,26 @@ class Parts:
     """Everything the running milter holds; `context` and `policy` change on SIGHUP."""
 
     client: LapiClient
-    source: StreamSource | LiveSource
+    source: Source
     policy: Policy
     events: EventWriter | None
     context: SessionContext
     metrics: MetricsServer | None = None
     usage: UsagePusher | None = None
+
+    def _threads(self) -> list[EventWriter | Source | UsagePusher | MetricsServer]:
+        """The parts with threads of their own, in the order they start."""
+        return [p for p in (self.events, self.source, self.usage, self.metrics) if p is not None]
+
+    def start(self) -> None:
+        for part in self._threads():
+            part.start()
+
+    def stop(self) -> None:
+        """Stop every thread, the last started first, then close the LAPI client."""
+        for part in reversed(self._threads()):
+            part.stop()
+        self.client.close()
 
 
 def make_client(settings: Settings) -> LapiClient:
@@ -42,7 +56,7 @@ def make_client(settings: Settings) -> LapiClient:
                       verify=settings.lapi_ca or True, cert=cert)  # type: ignore[arg-type]
 
 
-def make_source(settings: Settings, client: LapiClient) -> StreamSource | LiveSource:
+def make_source(settings: Settings, client: LapiClient) -> Source:
     if settings.mode == "stream":
         return StreamSource(client, settings.update_frequency,
                             resync_interval=settings.resync_interval)
