@@ -24,14 +24,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent / "tests"))  # the wire client shared with the tests
 
-from common import (  # noqa: E402
-    BlobLapi,
-    decisions,
-    free_port,
-    percentile,
-    stream_body,
-    wait_port,
-)
+from common import BenchLapi, decisions, percentile, stream_body  # noqa: E402
+from ports import free_port, wait_port  # noqa: E402
 
 ROWS: list[tuple[str, str, str, str]] = []
 
@@ -94,7 +88,7 @@ def bench_index(n_ip: int, n_range: int, probes: int, rounds: int) -> None:
 
 
 def bench_pull(n_ip: int, n_range: int, rounds: int) -> None:
-    lapi = BlobLapi(stream_body(decisions(n_ip, n_range)))
+    lapi = BenchLapi(stream_body(decisions(n_ip, n_range)))
     got: dict[str, list[dict]] = {"ours": [], "pycrowdsec": []}
     for _ in range(rounds):
         for which in got:
@@ -124,7 +118,7 @@ def bench_live(sessions: int, addresses: int) -> None:
     from crowdsec_milter.lapi import LapiClient
     from crowdsec_milter.source import LiveSource
 
-    lapi = BlobLapi(b"{}")
+    lapi = BenchLapi(b"{}")
     source = LiveSource(LapiClient(lapi.url, "bench-key", 2.0), 60.0, timeout=2.0)
     ips = [f"10.{i // 256 % 256}.{i % 256}.1" for i in range(addresses)]
     order = [ips[i % addresses] for i in range(sessions)]
@@ -160,7 +154,7 @@ def bench_latency(n_decisions: int, sessions: int, rounds: int) -> None:
 
     items = decisions(n_decisions, 0)
     banned = items[0]["value"]
-    lapi = BlobLapi(stream_body(items))
+    lapi = BenchLapi(stream_body(items))
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     key = tmp / "key"
     key.write_text("bench-key")

@@ -12,8 +12,12 @@ import pytest
 from crowdsec_milter import __version__
 from crowdsec_milter.decisions import parse_address
 from crowdsec_milter.lapi import LapiClient, LapiError
+from crowdsec_milter.metrics import MilterCollector
 from crowdsec_milter.source import LiveSource, StreamSource
+from crowdsec_milter.tally import Tally
 from lapi_server import FakeLapi, Fault
+from milter_process import metric
+from prometheus_client import CollectorRegistry, generate_latest
 from waiting import eventually
 
 
@@ -237,6 +241,27 @@ def test_live_cache_never_outlives_the_ban(fake_lapi: tuple[FakeLapi, str]) -> N
     now[0] = 11.0
     assert src.lookup(*key("203.0.113.7"), "203.0.113.7") == []
     assert lapi.count("/v1/decisions") == 2
+
+
+def test_live_answers_read_as_a_pull_would_and_count_bad_decisions(
+        fake_lapi: tuple[FakeLapi, str]) -> None:
+    """A live answer gives what a stream pull of the same decisions would hold: values in
+    canonical form, most severe first; an unusable decision in it is skipped and counted
+    in the metrics, as in stream mode."""
+    lapi, url = fake_lapi
+    lapi.add("203.0.113.77/24", scope="Range", type_="captcha")
+    ban = lapi.add("203.0.113.7")
+    lapi.add("203.0.113.0/25", scope="Range", duration="forever")  # not a Go duration
+    lapi.add("2001:DB8:0::1")
+    src = LiveSource(client(url), 60.0, timeout=2.0)
+    found = src.lookup(*key("203.0.113.7"), "203.0.113.7")
+    assert [(d.id, d.type, d.value) for d in found or []] == [
+        (ban, "ban", "203.0.113.7"), (ban - 1, "captcha", "203.0.113.0/24")]
+    assert [d.value for d in src.lookup(*key("2001:db8::1"), "2001:db8::1") or []] == \
+        ["2001:db8::1"]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MilterCollector(Tally(), src, None))  # type: ignore[arg-type]
+    assert metric(generate_latest(registry).decode(), "crowdsec_milter_bad_decisions_total") == 1
 
 
 def test_live_concurrent_lookups_of_one_ip_make_one_request(

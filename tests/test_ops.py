@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 from lapi_server import FakeLapi, Fault
-from milter_process import EXE, MilterProcess, Mta, free_port, metric, scrape
+from milter_process import EXE, MilterProcess, Mta, metric, scrape
+from ports import free_port
 from waiting import eventually
 
 

@@ -127,21 +127,24 @@ def _delete(item: Any, now: float, index: DecisionIndex) -> int:
     return 1 if parsed is not None and index.remove(parsed[0].id, parsed[1]) else 0
 
 
-class StreamSource:
+class _LapiSource:
+    """What both sources keep: the LAPI client, the clock and the running counters."""
+
+    def __init__(self, client: LapiClient, clock: Callable[[], float]) -> None:
+        self._client = client
+        self._clock = clock
+        self._counts = _Counts()
+
+
+class StreamSource(_LapiSource):
     """All decisions in memory, kept current by pulling /v1/decisions/stream."""
 
-    def __init__(
-        self,
-        client: LapiClient,
-        update_frequency: float,
-        *,
-        resync_interval: float = 3600.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._client = client
+    def __init__(self, client: LapiClient, update_frequency: float, *,
+                 resync_interval: float = 3600.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(client, clock)
         self._every = update_frequency
         self._resync_interval = resync_interval
-        self._clock = clock
         self._index = DecisionIndex()
         self._synced = False
         self._need_startup = True
@@ -153,7 +156,6 @@ class StreamSource:
         self._shrunk_to: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._counts = _Counts()
 
     @property
     def usable(self) -> bool:
@@ -322,28 +324,19 @@ class _Pending:
         self.result: list[Decision] | None = None
 
 
-class LiveSource:
+class LiveSource(_LapiSource):
     """Ask LAPI per address, cache the answer (ban or clean) for at most `cache_ttl`,
     never past a decision's own expiry, and let concurrent lookups of one address share
     a single request."""
 
-    def __init__(
-        self,
-        client: LapiClient,
-        cache_ttl: float,
-        *,
-        timeout: float,
-        maxsize: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._client = client
+    def __init__(self, client: LapiClient, cache_ttl: float, *, timeout: float,
+                 maxsize: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(client, clock)
         self._ttl = cache_ttl
         self._timeout = timeout
-        self._clock = clock
         self._cache: TLRUCache = TLRUCache(maxsize=maxsize, ttu=self._ttu, timer=clock)
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
-        self._counts = _Counts()
         self._cache_hits = 0
         self._ok = True
 
