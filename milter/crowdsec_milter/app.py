@@ -25,6 +25,7 @@ from typing import Any
 import Milter
 
 from . import __version__
+from .notify import Notifier
 from .session import session_class
 from .settings import RESTART_ONLY, ConfigError, Settings
 from .wiring import Parts, StartError, build, make_context
@@ -108,19 +109,64 @@ def stop_libmilter(spec: str) -> None:
         waker.join(1.0)
 
 
-def wake_listener(spec: str) -> None:
-    """Connect once to our own libmilter socket, ending the listener's select."""
+def wake_listener(spec: str) -> bool:
+    """Connect once to our own libmilter socket, ending the listener's select; True if
+    it accepted (so it listens: readiness asks this too)."""
     kind, _, rest = spec.partition(":")
     with contextlib.suppress(OSError, ValueError):
         if kind in ("unix", "local"):
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.settimeout(0.5)
                 s.connect(rest)
-        elif kind in ("inet", "inet6"):
+            return True
+        if kind in ("inet", "inet6"):
             port, _, host = rest.partition("@")
             if not host or host in ("0.0.0.0", "::", "[::]"):
                 host = "::1" if kind == "inet6" else "127.0.0.1"
             socket.create_connection((host.strip("[]"), int(port)), timeout=0.5).close()
+            return True
+    return False
+
+
+class Readiness:
+    """systemd's READY=1 once the MTA can be served as configured: the first stream pull
+    is done (live mode: at once) and libmilter listens; STATUS= after every pull.
+
+    A first pull that fails also counts as done: the milter then answers as
+    --on-lapi-error says, as it would in any later outage, and holding READY back would
+    hold Postfix's start (Before=postfix.service) for as long as LAPI is down."""
+
+    def __init__(self, notifier: Notifier, settings: Settings) -> None:
+        self.notifier = notifier
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._status = "" if settings.mode == "stream" else \
+            "live mode: asking LAPI per client address"
+        self.sent = False
+
+    def on_pull(self, applied: bool, held: int) -> None:
+        """The puller's hook: remember the status, send it once READY went out."""
+        status = f"{held} decision(s) held" if applied else (
+            f"LAPI unavailable, {held} decision(s) held; clients get "
+            f"--on-lapi-error {self._settings.on_lapi_error}")
+        with self._lock:
+            self._status = status
+            sent = self.sent
+        if sent:
+            self.notifier.ready(status)
+
+    def poll(self) -> None:
+        """From the main loop: send READY=1 once both conditions hold."""
+        if self.sent or not self.notifier.enabled:
+            return
+        with self._lock:
+            status = self._status
+        if status and wake_listener(self._settings.socket):
+            with self._lock:
+                self.sent = True
+                status = self._status
+            self.notifier.ready(status)
+            log.info("told systemd: READY (%s)", status)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -202,6 +248,9 @@ def run(settings: Settings, load: Callable[[], Settings]) -> int:
     log.info("crowdsec-milter %s starting: socket=%s lapi=%s mode=%s stage=%s%s",
              __version__, settings.socket, settings.lapi_url, settings.mode, settings.stage,
              " dry-run" if settings.dry_run else "")
+    notifier = Notifier()
+    readiness = Readiness(notifier, settings)
+    parts.source.on_pull = readiness.on_pull
     parts.start()
     if parts.metrics is not None:
         host = settings.metrics_listen[0]
@@ -243,11 +292,18 @@ def run(settings: Settings, load: Callable[[], Settings]) -> int:
     signal.signal(signal.SIGUSR1, on_usr1)
     thread = threading.Thread(target=serve, name="libmilter", daemon=True)
     thread.start()
+
+    def alive() -> bool:
+        return thread.is_alive() and parts.source.alive
+
+    notifier.start_watchdog(alive)
     while not stop.is_set() and not done.is_set():
-        stop.wait(0.2)
+        readiness.poll()
+        stop.wait(0.05 if notifier.enabled and not readiness.sent else 0.2)
         if hup.is_set():
             hup.clear()
             settings = reload(parts, activity, settings, load)
+    notifier.stopping()
     if not done.is_set():
         # Commands the MTA sent just before the signal may still sit in our sockets (it
         # does not wait for no-reply callbacks): let them run before libmilter stops.
@@ -256,5 +312,6 @@ def run(settings: Settings, load: Callable[[], Settings]) -> int:
         stop_libmilter(settings.socket)
         done.wait(10.0)
     parts.stop()
+    notifier.close()
     log.info("stopped")
     return 1 if failed.is_set() else 0

@@ -51,6 +51,8 @@ class Settings:
     event_log: str = _restart("/var/log/crowdsec-milter/events.log")
     event_queue: int = 10_000
     always_allow_rcpt: tuple[str, ...] = ("postmaster@*", "abuse@*")
+    exempt_authenticated: bool = False
+    trap_rcpt: tuple[str, ...] = ()
     metrics_listen: tuple[str, int] | None = _restart(None)
     usage_metrics_interval: float = _restart(1800.0)
     lapi_ca: str | None = _restart(None)

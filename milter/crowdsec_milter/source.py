@@ -53,10 +53,16 @@ class SourceStats:
 
 class Source(Protocol):
     """What the running milter holds: the policy asks `lookup`, /health reads `usable`,
-    metrics and usage read `stats()`, the app starts and stops it."""
+    metrics and usage read `stats()`, the app starts and stops it, hears of each pull
+    through `on_pull` and asks the watchdog's question, `alive`."""
+
+    on_pull: Callable[[bool, int], None] | None
 
     @property
     def usable(self) -> bool: ...
+
+    @property
+    def alive(self) -> bool: ...
 
     def lookup(self, family: int, number: int, text: str) -> list[Decision] | None: ...
 
@@ -134,6 +140,9 @@ class _LapiSource:
         self._client = client
         self._clock = clock
         self._counts = _Counts()
+        # told after each stream pull: (applied, decisions held); systemd's READY and
+        # STATUS. A live source pulls nothing, so never calls it.
+        self.on_pull: Callable[[bool, int], None] | None = None
 
 
 class StreamSource(_LapiSource):
@@ -296,12 +305,22 @@ class StreamSource(_LapiSource):
                 log.exception("unexpected error in the stream puller")
                 ok = False
                 self._need_startup = True
+            if self.on_pull is not None:
+                try:
+                    self.on_pull(ok, len(self._index))
+                except Exception:
+                    log.exception("unexpected error reporting a pull")
             delay = self._every if ok else min(max(delay * 2, self._every), 60.0)
             self._stop.wait(delay)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="lapi-stream", daemon=True)
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """The puller thread is alive (the watchdog asks)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -343,6 +362,11 @@ class LiveSource(_LapiSource):
     @property
     def usable(self) -> bool:
         return self._ok
+
+    @property
+    def alive(self) -> bool:
+        """Always: a live source has no thread that could die."""
+        return True
 
     def start(self) -> None:
         """Nothing to start: a live source asks LAPI when a client connects."""

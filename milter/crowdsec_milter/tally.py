@@ -11,12 +11,16 @@ class Key(NamedTuple):
     """What one count is of. `kind` says which count; the other fields label it and stay
     empty where they do not apply."""
 
-    kind: str  # "sessions", "lookup", "blocked", "rcpt_rejected" or "error"
-    result: str = ""  # lookup: clean, match, unavailable; rcpt_rejected: 4xx, 5xx, unknown
+    kind: str  # "sessions", "lookup", "blocked", "rcpt_rejected", "rcpt_trap" or "error"
+    # lookup: clean, match, unavailable; rcpt_rejected: 4xx, 5xx, unknown; rcpt_trap:
+    # accepted, rejected
+    result: str = ""
     type: str = ""  # blocked: the decision's type, or the reason when there is no decision
     origin: str = ""  # blocked: the decision's origin
     stage: str = ""  # blocked: where the client was answered
-    action: str = ""  # blocked: the action carried out, "none" when not (dry run, accept)
+    # blocked: the action carried out, "none" when not (dry run, accept), "exempt" for an
+    # authenticated client let through
+    action: str = ""
 
 
 SESSIONS = Key("sessions")
@@ -32,6 +36,10 @@ def blocked(dtype: str, origin: str, stage: str, action: str) -> Key:
 
 def rcpt_rejected(status: str) -> Key:
     return Key("rcpt_rejected", status)
+
+
+def rcpt_trap(answer: str) -> Key:
+    return Key("rcpt_trap", answer)
 
 
 class Tally:

@@ -83,7 +83,9 @@ def make_context(settings: Settings, source: DecisionSource, tally: Tally,
     """What sessions are handed: built at start and again by each SIGHUP reload."""
     return SessionContext(policy=make_policy(settings, source, tally), stage=settings.stage,
                           events=events, tally=tally,
-                          always_allow_rcpt=settings.always_allow_rcpt)
+                          always_allow_rcpt=settings.always_allow_rcpt,
+                          exempt_authenticated=settings.exempt_authenticated,
+                          trap_rcpt=settings.trap_rcpt)
 
 
 def build(settings: Settings) -> Parts:
