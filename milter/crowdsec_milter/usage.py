@@ -19,6 +19,10 @@ from .tally import Key, Tally
 
 log = logging.getLogger("crowdsec_milter.usage")
 
+# Actions that refuse the client: what CrowdSec's usage metrics call `dropped`. A client let
+# through (exempt after SMTP AUTH, tagged, log only, dry run) was not.
+REFUSED = frozenset({"reject", "tempfail", "drop"})
+
 
 def build_payload(tally_now: dict[Key, int], tally_before: dict[Key, int],
                   active: int, startup: int, window: int, now: int) -> dict[str, Any]:
@@ -28,7 +32,7 @@ def build_payload(tally_now: dict[Key, int], tally_before: dict[Key, int],
     processed = 0
     for key, value in tally_now.items():
         delta = value - tally_before.get(key, 0)
-        if key.kind == "blocked" and key.action != "none" and delta:
+        if key.kind == "blocked" and key.action in REFUSED and delta:
             label = (key.origin or "unknown", key.type or "unknown")
             dropped[label] = dropped.get(label, 0) + delta
         elif key.kind == "sessions":
