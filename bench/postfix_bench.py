@@ -19,7 +19,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "integration"))
 
-from common import BlobLapi, decisions, free_port, stream_body, wait_port  # noqa: E402
+from common import BenchLapi, decisions, stream_body  # noqa: E402
+from ports import free_port, wait_port  # noqa: E402
 from real_postfix import LOCAL_USERS, Postfix  # noqa: E402
 
 
@@ -32,7 +33,7 @@ def bench_postfix(rows: list, smoke: bool = False) -> None:
     # the time is larger (the ratios come out lower, not higher).
     base = os.environ.get("BENCH_QUEUE_DIR") or None
     work = Path(tempfile.mkdtemp(prefix="bench-postfix-", dir=base))
-    lapi = BlobLapi(stream_body(decisions(1_000 if smoke else 100_000, 0)))
+    lapi = BenchLapi(stream_body(decisions(1_000 if smoke else 100_000, 0)))
     key = work / "key"
     key.write_text("bench-key")
     key.chmod(0o600)

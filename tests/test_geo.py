@@ -7,16 +7,20 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from crowdsec_milter.decisions import DecisionError, normalize_scoped, parse_scoped_decision
+from crowdsec_milter.decisions import (
+    DecisionError,
+    normalize_scoped,
+    parse_address,
+    parse_scoped_decision,
+)
 from crowdsec_milter.geo import Geo, GeoError
-from crowdsec_milter.index import address_key
 from crowdsec_milter.lapi import LapiClient
 from crowdsec_milter.policy import Action
 from crowdsec_milter.source import LiveSource, StreamSource
+from helpers import make
 from lapi_server import FakeLapi
 from milter_process import EXE
 from mmdb import write
-from test_policy import make
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +29,7 @@ def dbs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def lookup(source: StreamSource | LiveSource, ip: str) -> list[tuple[str, str]] | None:
-    family, number, text = address_key(ip)  # type: ignore[misc]
+    family, number, text = parse_address(ip)  # type: ignore[misc]
     found = source.lookup(family, number, text)
     return None if found is None else [(d.scope, d.value) for d in found]
 
@@ -98,7 +102,7 @@ def test_country_decision_gets_its_action(fake_lapi: tuple[FakeLapi, str],
     lapi.add("64500", scope="AS", scenario="bad-hoster")
     src = StreamSource(LapiClient(url, "test-key", 2.0), 10.0, geo=Geo(None, str(dbs[1])))
     assert src.pull_once()
-    policy = make(src, actions={"ban": Action.REJECT, "scenario:bad-*": Action.TEMPFAIL})
+    policy = make(src, actions=(("ban", Action.REJECT), ("scenario:bad-*", Action.TEMPFAIL)))
     verdict = policy.check("198.51.100.20")
     assert verdict is not None and verdict.action is Action.TEMPFAIL
     assert verdict.decision is not None and verdict.decision.scope == "AS"

@@ -3,63 +3,17 @@
 from __future__ import annotations
 
 import email.message
-import socket
 from pathlib import Path
 
 import Milter
 import pytest
 from crowdsec_milter.decisions import Decision
-from crowdsec_milter.events import EVENT_VERSION, EventWriter
-from crowdsec_milter.policy import Action, Policy, Stage
-from crowdsec_milter.session import SessionContext, session_class, tag_value
+from crowdsec_milter.events import EVENT_VERSION
+from crowdsec_milter.policy import Action, Stage
+from crowdsec_milter.session import tag_value
 from crowdsec_milter.settings import Settings
 from eventschema import read_events
-from Milter.testctx import TestCtx as MilterTestCtx
-from test_policy import IndexSource, make
-
-
-class Ctx(MilterTestCtx):
-    """pymilter's TestCtx, driven callback by callback as an MTA does; NOREPLY (a callback
-    negotiated as no-reply) reads as CONTINUE, which is what the MTA assumes."""
-
-    def _connect(self, host: str = "localhost", helo: str = "client.example",
-                 ip: str = "192.0.2.1") -> int:
-        self._negotiate()
-        self._stage = Milter.M_CONNECT
-        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-        rc = Milter.connect_callback(self, host, family, (ip, 25))
-        self._stage = None
-        rc = Milter.CONTINUE if rc == Milter.NOREPLY else rc
-        if rc != Milter.CONTINUE:
-            return rc
-        return self._helo(helo)
-
-    def _call(self, stage: int, name: str, *args: str) -> int:
-        self._stage = stage
-        rc = getattr(self._priv, name)(*args)
-        self._stage = None
-        return Milter.CONTINUE if rc == Milter.NOREPLY else rc
-
-    def _helo(self, helo: str) -> int:
-        return self._call(Milter.M_HELO, "hello", helo)
-
-    def _envfrom(self, *s: str) -> int:
-        return self._call(Milter.M_ENVFROM, "envfrom", *s)
-
-    def _envrcpt(self, s: str) -> int:
-        return self._call(Milter.M_ENVRCPT, "envrcpt", s)
-
-    def _data(self) -> int:
-        return self._call(Milter.M_DATA, "data")
-
-
-def ctx_for(stage: Stage, policy: Policy, events: EventWriter | None = None) -> Ctx:
-    # TestCtx negotiates in place on a class-level list: give each test a fresh offer of
-    # every protocol bit, as an MTA would make.
-    MilterTestCtx.default_opts = [Milter.CURR_ACTS, 0x1FFFFF, 0, 0]
-    ctx = Ctx()
-    Milter.factory = session_class(SessionContext(policy=policy, stage=stage, events=events))
-    return ctx
+from helpers import IndexSource, ctx_for, make, started_writer
 
 
 def banned_source() -> IndexSource:
@@ -101,7 +55,7 @@ def test_captcha_range_tempfails_and_ipv6_mapped_matches() -> None:
 
 
 def test_drop_sets_421() -> None:
-    ctx = ctx_for(Stage.HELO, make(banned_source(), actions={"ban": Action.DROP}))
+    ctx = ctx_for(Stage.HELO, make(banned_source(), actions=(("ban", Action.DROP),)))
     assert ctx._connect(ip="203.0.113.7") == Milter.TEMPFAIL
     assert ctx._reply[0] == "421"
 
@@ -147,8 +101,7 @@ def test_internal_error_never_escapes(on_error: Action, expected: int) -> None:
 
 def test_rejected_recipients_become_events(tmp_path: Path) -> None:
     path = tmp_path / "events.log"
-    writer = EventWriter(str(path))
-    writer.start()
+    writer = started_writer(path)
     ctx = ctx_for(Stage.CONNECT, make(IndexSource()), writer)
     ctx._setsymval("j", "mx1.example.org")
     ctx._setsymval("i", "4ABC123")
@@ -176,8 +129,7 @@ def test_rejected_recipients_become_events(tmp_path: Path) -> None:
 
 def test_blocked_client_becomes_one_event(tmp_path: Path) -> None:
     path = tmp_path / "events.log"
-    writer = EventWriter(str(path))
-    writer.start()
+    writer = started_writer(path)
     ctx = ctx_for(Stage.RCPT, make(banned_source()), writer)
     ctx._connect(ip="203.0.113.7", helo="evil")
     ctx._envfrom("<a@b>")
@@ -204,7 +156,7 @@ def test_tagged_client_stays_to_end_of_message_and_gets_one_safe_header() -> Non
     src = IndexSource()
     src.add(1, "203.0.113.7", scenario="crowdsecurity/http-probing\r\nBcc: x\u00e9")
     src.add(2, "203.0.113.8", scenario="manual")
-    policy = make(src, actions={"ban": Action.REJECT, "scenario:*http*": Action.TAG})
+    policy = make(src, actions=(("ban", Action.REJECT), ("scenario:*http*", Action.TAG)))
     ctx = ctx_for(Stage.CONNECT, policy)
     assert ctx._connect(ip="203.0.113.7") == Milter.CONTINUE
     # asked of the MTA: adding headers and nothing else; never headers or body

@@ -11,12 +11,12 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .decisions import Decision
 
-if TYPE_CHECKING:  # policy imports this module; Action is a str enum, so names do as keys
-    from .policy import Action
+# policy.Action, a str enum: this module sits below policy (policy imports it), so it
+# handles actions as their names, which compare and hash as the enum members do.
+Action = str
 
 # How severe an action is, across the decisions on one address: the highest wins. A 5xx
 # is final where a 421 lets the client come back, so reject outranks drop.

@@ -2,7 +2,9 @@
 
 `StreamSource` keeps every decision in memory and pulls deltas in a background thread;
 `LiveSource` asks LAPI per address and caches the answer. Both answer `lookup` with a list
-of unexpired decisions, or None while no decision can be had (then `--on-lapi-error` rules).
+of unexpired decisions, or None while no decision can be had (then `--on-lapi-error` rules),
+and both show the rest of the milter the same small surface: `start`, `stop`, `usable` and
+`stats()`, one `SourceStats` record for metrics and usage.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,6 +21,8 @@ from cachetools import TLRUCache
 from .decisions import (
     Decision,
     DecisionError,
+    Network,
+    network_text,
     parse_decision,
     parse_ipv4_fast,
     parse_scoped_decision,
@@ -30,25 +34,59 @@ from .lapi import LapiClient, LapiError
 log = logging.getLogger("crowdsec_milter.source")
 
 
-class DecisionSource(Protocol):
-    def lookup(self, family: int, number: int, text: str,
-               complete: bool = True) -> list[Decision] | None:
-        """Decisions on the address; complete=False lets a source stop at the first ban."""
+@dataclass(frozen=True)
+class SourceStats:
+    """One reading of a decision source, the same record from either source: metrics and
+    usage read it without asking which source they have. A field that does not apply to
+    a source is None (then no metric is made of it)."""
+
+    mode: str  # "stream" or "live": the label of the LAPI request count
+    usable: bool
+    requests: int  # stream pulls or live queries made
+    errors: dict[str, int]  # failed requests by LapiError kind
+    bad_decisions: int  # decisions from LAPI skipped as unusable
+    active: int  # decisions held in memory (a live source holds none)
+    held: dict[tuple[str, int], int] | None = None  # by (scope, family), where held
+    last_good: float | None = None  # monotonic time of the last good pull, where pulled
+    cache_hits: int | None = None  # where answers are cached
+    cache_entries: int | None = None
+    cache_size: int | None = None
+
+
+class Source(Protocol):
+    """What the running milter holds: the policy asks `lookup`, /health reads `usable`,
+    metrics and usage read `stats()`, the app starts and stops it, hears of each pull
+    through `on_pull` and asks the watchdog's question, `alive`."""
+
+    on_pull: Callable[[bool, int], None] | None
 
     @property
     def usable(self) -> bool: ...
 
+    @property
+    def alive(self) -> bool: ...
+
+    def lookup(self, family: int, number: int, text: str,
+               complete: bool = True) -> list[Decision] | None: ...
+
+    def stats(self) -> SourceStats: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
 
 @dataclass
-class PullStats:
-    """What the puller has done, for the status line, `check` and metrics."""
+class _Counts:
+    """A source's running counters; `stats()` reads them into a SourceStats."""
 
-    pulls: int = 0
-    failures: int = 0
+    requests: int = 0
     last_good: float | None = None
     bad_decisions: int = 0
-    other_scopes: int = 0  # decisions skipped: a scope we cannot match (see --geoip-*)
     errors: dict[str, int] = field(default_factory=dict)
+
+    def failed(self, exc: LapiError) -> None:
+        self.errors[exc.kind] = self.errors.get(exc.kind, 0) + 1
 
 
 class _Counter:
@@ -57,38 +95,50 @@ class _Counter:
     def __init__(self) -> None:
         self.bad = 0
         self.first = ""
-        self.other = 0  # decisions of scopes not used (Country or AS without a database)
 
-    def report(self, stats: PullStats) -> None:
-        stats.other_scopes += self.other
+    def parse(self, item: Any, now: float) -> tuple[Decision, Network] | None:
+        """parse_decision, counting an unusable decision instead of raising."""
+        try:
+            parsed = parse_decision(item, now)
+        except DecisionError as exc:
+            self.bad += 1
+            self.first = self.first or str(exc)
+            return None
+        if parsed is None:
+            log.debug("ignoring decision with scope %r", item.get("scope"))
+        return parsed
+
+    def parse_scoped(self, item: Any, now: float) -> Decision | None:
+        """parse_scoped_decision (Country, AS), counting an unusable one."""
+        try:
+            return parse_scoped_decision(item, now)
+        except DecisionError as exc:
+            self.bad += 1
+            self.first = self.first or str(exc)
+            return None
+
+    def report(self, counts: _Counts) -> None:
         if self.bad:
-            stats.bad_decisions += self.bad
+            counts.bad_decisions += self.bad
             log.warning("skipped %d unusable decision(s) from LAPI; first: %s",
                         self.bad, self.first)
 
 
 def _add(item: Any, now: float, into: DecisionIndex, count: _Counter,
          scoped: ScopedDecisions | None = None) -> None:
+    """Hold one decision: Ip and Range ones in the index, Country and AS ones in `scoped`
+    (when there is one: a database to match them)."""
     if item.__class__ is dict:
         fast = parse_ipv4_fast(item, now)
         if fast is not None and into.add_ipv4(*fast):
             return
-    try:
-        parsed = parse_decision(item, now)
-        if parsed is None:
-            geo = parse_scoped_decision(item, now) if scoped is not None else None
-            if geo is not None:
-                scoped.add(geo)  # type: ignore[union-attr]
-                return
-    except DecisionError as exc:
-        count.bad += 1
-        count.first = count.first or str(exc)
-        return
-    if parsed is None:
-        count.other += 1
-        log.debug("ignoring decision with scope %r", item.get("scope"))
-        return
-    into.add(*parsed)
+    parsed = count.parse(item, now)
+    if parsed is not None:
+        into.add(*parsed)
+    elif scoped is not None:
+        geo = count.parse_scoped(item, now)
+        if geo is not None:
+            scoped.add(geo)
 
 
 def _delete(item: Any, now: float, index: DecisionIndex,
@@ -106,29 +156,32 @@ def _delete(item: Any, now: float, index: DecisionIndex,
     return 1 if parsed is not None and index.remove(parsed[0].id, parsed[1]) else 0
 
 
-class StreamSource:
+class _LapiSource:
+    """What both sources keep: the LAPI client, the clock and the running counters."""
+
+    def __init__(self, client: LapiClient, clock: Callable[[], float]) -> None:
+        self._client = client
+        self._clock = clock
+        self._counts = _Counts()
+        # told after each stream pull: (applied, decisions held); systemd's READY and
+        # STATUS. A live source pulls nothing, so never calls it.
+        self.on_pull: Callable[[bool, int], None] | None = None
+
+
+class StreamSource(_LapiSource):
     """All decisions in memory, kept current by pulling /v1/decisions/stream."""
 
-    def __init__(
-        self,
-        client: LapiClient,
-        update_frequency: float,
-        *,
-        resync_interval: float = 3600.0,
-        clock: Callable[[], float] = time.monotonic,
-        on_pull: Callable[[bool, int], None] | None = None,
-        geo: Geo | None = None,
-    ) -> None:
-        self._client = client
+    def __init__(self, client: LapiClient, update_frequency: float, *,
+                 resync_interval: float = 3600.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 geo: Geo | None = None) -> None:
+        super().__init__(client, clock)
         # Country and AS decisions, asked of LAPI only for the scopes a database can match
         self._geo = geo
         self._scopes = ",".join(("ip", "range", *geo.scopes)) if geo and geo.scopes else ""
         self._scoped = ScopedDecisions()
-        # told after each pull: (applied, decisions held); systemd's READY and STATUS
-        self.on_pull = on_pull
         self._every = update_frequency
         self._resync_interval = resync_interval
-        self._clock = clock
         self._index = DecisionIndex()
         self._synced = False
         self._need_startup = True
@@ -140,7 +193,6 @@ class StreamSource:
         self._shrunk_to: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.stats = PullStats()
 
     @property
     def usable(self) -> bool:
@@ -166,10 +218,23 @@ class StreamSource:
                 found = sorted(found + extra, key=lambda d: (d.severity, -d.expires))
         return found
 
+    def _items(self, startup: bool) -> Iterator[tuple[str, Any]]:
+        """One pull's items, asking for Country and AS decisions only where they are used
+        (LAPI's default scopes are ip,range)."""
+        if self._scopes:
+            return self._client.stream_items(startup, self._scopes)
+        return self._client.stream_items(startup)
+
     @property
     def scoped_count(self) -> int:
         """Country and AS decisions held."""
         return len(self._scoped)
+
+    def stats(self) -> SourceStats:
+        counts = self._counts
+        return SourceStats("stream", self._synced, counts.requests, dict(counts.errors),
+                           counts.bad_decisions, len(self._index), held=self._index.counts(),
+                           last_good=counts.last_good)
 
     def pull_once(self) -> bool:
         """One pull (a full resync when due or after a failure); False if it failed.
@@ -178,41 +243,14 @@ class StreamSource:
         the body, so the next pull after a failure is a full `startup=true` resync.
         """
         now = self._clock()
-        startup = self._need_startup or now - self._last_startup >= self._resync_interval
-        self.stats.pulls += 1
+        self._counts.requests += 1
         try:
-            if startup:
-                log.info("stream resync: pulling every active decision")
-                fresh = DecisionIndex()
-                fresh.shared = False  # nobody reads it yet: grow its arrays in place
-                fresh_scoped = ScopedDecisions() if self._geo is not None else None
-                count = _Counter()
-                # built while the answer arrives; swapped in only once it is all good
-                seen = 0
-                for key, item in self._client.stream_items(True, self._scopes):
-                    if key == "new":
-                        _add(item, now, fresh, count, fresh_scoped)
-                        seen += 1
-                        if seen % 100_000 == 0:  # a big blocklist takes seconds: say so
-                            log.info("stream resync: %d decisions read so far", seen)
+            if self._need_startup or now - self._last_startup >= self._resync_interval:
+                self._resync(now)
             else:
-                # Applied as it arrives (a blocklist refresh can bring 100k decisions): if
-                # the answer breaks off, the pull fails and the next one is a full resync
-                # that replaces the index, so a half-applied delta never lasts.
-                index = self._index
-                count = _Counter()
-                added = deleted = 0
-                scoped = self._scoped if self._geo is not None else None
-                with index.lock:
-                    for key, item in self._client.stream_items(False, self._scopes):
-                        if key == "new":
-                            _add(item, now, index, count, scoped)
-                            added += 1
-                        else:
-                            deleted += _delete(item, now, index, scoped)
+                self._delta(now)
         except LapiError as exc:
-            self.stats.failures += 1
-            self.stats.errors[exc.kind] = self.stats.errors.get(exc.kind, 0) + 1
+            self._counts.failed(exc)
             self._need_startup = True
             if exc.kind != self._last_error_kind:
                 log.error("stream pull failed (%s): %s; keeping %d decision(s)",
@@ -220,23 +258,6 @@ class StreamSource:
                 self._last_error_kind = exc.kind
             return False
         now = self._clock()
-        if startup:
-            count.report(self.stats)
-            if not self._accept_resync(len(fresh), now):
-                self._need_startup = True  # the next update pulls everything again
-                return True
-            fresh.shared = True
-            self._index = fresh  # swapped whole: readers see the old index or the new one
-            if fresh_scoped is not None:
-                self._scoped = fresh_scoped
-            self._last_startup = now
-            self._need_startup = False
-            log.info("stream resync: %d decision(s) held", len(fresh))
-        else:
-            count.report(self.stats)
-            if added or deleted:
-                log.info("stream delta: %d new, %d deleted, %d held", added, deleted,
-                         len(index))
         if now - self._last_sweep >= 60.0:
             with self._index.lock:
                 self._index.expire(now)
@@ -246,8 +267,55 @@ class StreamSource:
             log.info("stream pull works again")
             self._last_error_kind = ""
         self._synced = True
-        self.stats.last_good = now
+        self._counts.last_good = now
         return True
+
+    def _resync(self, now: float) -> None:
+        """Every active decision (`startup=true`) into a new index, built while the answer
+        arrives and swapped in whole once it is all good; LapiError if it is not."""
+        log.info("stream resync: pulling every active decision")
+        fresh = DecisionIndex(private=True)  # nobody reads it yet: grown in place
+        fresh_scoped = ScopedDecisions() if self._geo is not None else None
+        count = _Counter()
+        seen = 0
+        for key, item in self._items(True):
+            if key == "new":
+                _add(item, now, fresh, count, fresh_scoped)
+                seen += 1
+                if seen % 100_000 == 0:  # a big blocklist takes seconds: say so
+                    log.info("stream resync: %d decisions read so far", seen)
+        count.report(self._counts)
+        done = self._clock()
+        if not self._accept_resync(len(fresh), done):
+            self._need_startup = True  # the next update pulls everything again
+            return
+        fresh.publish()
+        self._index = fresh  # swapped whole: readers see the old index or the new one
+        if fresh_scoped is not None:
+            self._scoped = fresh_scoped
+        self._last_startup = done
+        self._need_startup = False
+        log.info("stream resync: %d decision(s) held", len(fresh))
+
+    def _delta(self, now: float) -> None:
+        """What changed since the last pull, applied to the index as it arrives (a
+        blocklist refresh can bring 100k decisions); LapiError if the answer breaks off.
+        A half-applied delta never lasts: the failed pull makes the next one a full resync,
+        which replaces the index."""
+        index = self._index
+        scoped = self._scoped if self._geo is not None else None
+        count = _Counter()
+        added = deleted = 0
+        with index.lock:
+            for key, item in self._items(False):
+                if key == "new":
+                    _add(item, now, index, count, scoped)
+                    added += 1
+                else:
+                    deleted += _delete(item, now, index, scoped)
+        count.report(self._counts)
+        if added or deleted:
+            log.info("stream delta: %d new, %d deleted, %d held", added, deleted, len(index))
 
     def _accept_resync(self, fresh: int, now: float) -> bool:
         """Whether a full answer of `fresh` decisions may replace those held.
@@ -306,7 +374,7 @@ class StreamSource:
         self._thread.start()
 
     @property
-    def running(self) -> bool:
+    def alive(self) -> bool:
         """The puller thread is alive (the watchdog asks)."""
         return self._thread is not None and self._thread.is_alive()
 
@@ -331,32 +399,22 @@ class _Pending:
         self.result: list[Decision] | None = None
 
 
-class LiveSource:
+class LiveSource(_LapiSource):
     """Ask LAPI per address, cache the answer (ban or clean) for at most `cache_ttl`,
     never past a decision's own expiry, and let concurrent lookups of one address share
     a single request."""
 
-    def __init__(
-        self,
-        client: LapiClient,
-        cache_ttl: float,
-        *,
-        timeout: float,
-        maxsize: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
-        geo: Geo | None = None,
-    ) -> None:
-        self._client = client
+    def __init__(self, client: LapiClient, cache_ttl: float, *, timeout: float,
+                 maxsize: int = 100_000, clock: Callable[[], float] = time.monotonic,
+                 geo: Geo | None = None) -> None:
+        super().__init__(client, clock)
         self._geo = geo  # also asks for the address's Country and AS decisions
         self._ttl = cache_ttl
         self._timeout = timeout
-        self._clock = clock
         self._cache: TLRUCache = TLRUCache(maxsize=maxsize, ttu=self._ttu, timer=clock)
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
-        self.requests = 0
-        self.cache_hits = 0
-        self.errors: dict[str, int] = {}
+        self._cache_hits = 0
         self._ok = True
 
     @property
@@ -364,15 +422,23 @@ class LiveSource:
         return self._ok
 
     @property
-    def cache_entries(self) -> int:
-        """Answers held now (expired ones linger until the cache next touches them)."""
-        with self._lock:
-            return len(self._cache)
+    def alive(self) -> bool:
+        """Always: a live source has no thread that could die."""
+        return True
 
-    @property
-    def cache_size(self) -> int:
-        """The most answers the cache holds (--cache-size)."""
-        return int(self._cache.maxsize)
+    def start(self) -> None:
+        """Nothing to start: a live source asks LAPI when a client connects."""
+
+    def stop(self) -> None:
+        """Nothing to stop (the client, shared with the usage pusher, is closed apart)."""
+
+    def stats(self) -> SourceStats:
+        counts = self._counts
+        with self._lock:  # expired answers linger until the cache next touches them
+            entries = len(self._cache)
+        return SourceStats("live", self._ok, counts.requests, dict(counts.errors),
+                           counts.bad_decisions, 0, cache_hits=self._cache_hits,
+                           cache_entries=entries, cache_size=int(self._cache.maxsize))
 
     def _ttu(self, _key: Any, decisions: list[Decision], now: float) -> float:
         if decisions:
@@ -383,13 +449,13 @@ class LiveSource:
                complete: bool = True) -> list[Decision] | None:
         """Every decision LAPI holds on the address (`complete` changes nothing here), with
         those on its country and AS when a database tells them; each answer cached."""
-        found = self._cached(f"{family}:{number}", text, lambda: self._client.query(text))
+        found = self._cached(f"{family}:{number}", lambda: self._client.query(text))
         if self._geo is None or found is None:
             return found
         country, asn = self._geo.locate(text)
         for scope, value in (("Country", country), ("AS", asn)):
             if value:
-                more = self._cached(f"{scope}:{value}", f"{scope} {value}",
+                more = self._cached(f"{scope}:{value}",
                                     lambda s=scope, v=value: self._client.query_scope(s, v))
                 if more is None:
                     return None
@@ -398,14 +464,13 @@ class LiveSource:
             found.sort(key=lambda d: (d.severity, -d.expires))
         return found
 
-    def _cached(self, key: str, what: str,
-                ask: Callable[[], list[Any]]) -> list[Decision] | None:
+    def _cached(self, key: str, ask: Callable[[], list[Any]]) -> list[Decision] | None:
         """The cached answer under `key`, or one request (`ask`) shared by every lookup of
         it that comes meanwhile."""
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
-                self.cache_hits += 1
+                self._cache_hits += 1
                 now = self._clock()
                 return [d for d in cached if d.expires > now]
             pending = self._pending.get(key)
@@ -417,7 +482,7 @@ class LiveSource:
             pending.done.wait(self._timeout + 0.5)
             return pending.result
         try:
-            pending.result = self._fetch(what, ask)
+            pending.result = self._fetch(ask)
             if pending.result is not None:
                 with self._lock:
                     self._cache[key] = pending.result
@@ -427,12 +492,12 @@ class LiveSource:
                 self._pending.pop(key, None)
             pending.done.set()
 
-    def _fetch(self, what: str, ask: Callable[[], list[Any]]) -> list[Decision] | None:
-        self.requests += 1
+    def _fetch(self, ask: Callable[[], list[Any]]) -> list[Decision] | None:
+        self._counts.requests += 1
         try:
             items = ask()
         except LapiError as exc:
-            self.errors[exc.kind] = self.errors.get(exc.kind, 0) + 1
+            self._counts.failed(exc)
             if self._ok:
                 log.error("live lookup failed (%s): %s", exc.kind, exc)
             self._ok = False
@@ -440,15 +505,21 @@ class LiveSource:
         if not self._ok:
             log.info("live lookups work again")
         self._ok = True
-        scratch = DecisionIndex()
-        scoped = ScopedDecisions() if self._geo is not None else None
-        count = _Counter()
         now = self._clock()
+        count = _Counter()
+        # by id and network, as the index would hold them: a repeat replaces, not adds
+        found: dict[tuple[int, Network], Decision] = {}
+        scoped: dict[int, Decision] = {}
         for item in items:
-            _add(item, now, scratch, count, scoped)
-        count.report(PullStats())
-        decisions = list(scratch.decisions())
-        if scoped is not None:
-            decisions += scoped.all()
-        decisions.sort(key=lambda d: (d.severity, -d.expires))
-        return decisions
+            parsed = count.parse(item, now)
+            if parsed is not None:
+                decision, net = parsed
+                value = network_text(net.family, net.prefixlen, net.number, decision.scope)
+                found[decision.id, net] = decision._replace(value=value)
+            elif self._geo is not None:
+                geo = count.parse_scoped(item, now)
+                if geo is not None:
+                    scoped[geo.id] = geo
+        count.report(self._counts)
+        return sorted([*found.values(), *scoped.values()],
+                      key=lambda d: (d.severity, -d.expires))
