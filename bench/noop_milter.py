@@ -38,7 +38,7 @@ def same_protocol(wanted: int, rcpt_macros: str) -> type[Milter.Base]:
             self._protocol = opts[1] = opts[1] & wanted
             opts[2] = opts[3] = 0
             if rcpt_macros:
-                self.setsymlist(Milter.M_ENVRCPT, rcpt_macros)
+                self._ctx.setsymlist(Milter.M_ENVRCPT, rcpt_macros)  # pymilter 1.0.5 passes bytes
             return Milter.CONTINUE
 
         def _nr(self, bit: int) -> int:
