@@ -32,6 +32,11 @@ class Ctx(MilterTestCtx):
             return rc
         return self._helo(helo)
 
+    def getsymval(self, name: str) -> str | None:
+        # libmilter keeps the macros of earlier stages (j from connect is there at RCPT,
+        # seen with Postfix 3.7); pymilter's TestCtx hides all but the stage's symlist.
+        return self._macros.get(name)
+
     def _call(self, stage: int, name: str, *args: str) -> int:
         self._stage = stage
         rc = getattr(self._priv, name)(*args)
@@ -81,13 +86,47 @@ def test_banned_client_is_rejected_at_the_configured_stage(stage: Stage) -> None
     assert ctx._reply == ("550", "5.7.1", "203.0.113.7 is blocked by CrowdSec")
 
 
-def test_clean_client_passes_every_stage_and_is_accepted_at_data() -> None:
-    ctx = ctx_for(Stage.RCPT, make(banned_source()))
+def writer_at(tmp_path: Path) -> EventWriter:
+    writer = EventWriter(str(tmp_path / "events.log"))
+    writer.start()
+    return writer
+
+
+def test_clean_client_passes_every_stage_and_is_accepted_at_data(tmp_path: Path) -> None:
+    writer = writer_at(tmp_path)  # the sensor needs every recipient
+    ctx = ctx_for(Stage.RCPT, make(banned_source()), writer)
     assert ctx._connect(ip="192.0.2.1") == Milter.CONTINUE
     assert ctx._envfrom("<a@b.example>") == Milter.CONTINUE
     assert ctx._envrcpt("<bob@example.org>") == Milter.CONTINUE
     assert ctx._data() == Milter.ACCEPT
     assert ctx._reply is None
+    writer.stop()
+
+
+@pytest.mark.parametrize("stage", list(Stage))
+def test_bouncer_only_accepts_a_clean_client_at_the_deciding_stage(stage: Stage) -> None:
+    """With the event log off nothing after the verdict matters: ACCEPT there, and the
+    MTA stops calling the milter (for the connection, or from MAIL on for the message)."""
+    ctx = ctx_for(stage, make(banned_source()))
+    rcs = [ctx._connect(ip="192.0.2.1")]
+    if rcs[-1] == Milter.CONTINUE:
+        rcs.append(ctx._envfrom("<a@b.example>"))
+    if rcs[-1] == Milter.CONTINUE:
+        rcs.append(ctx._envrcpt("<bob@example.org>"))
+    steps = {Stage.CONNECT: 1, Stage.HELO: 1, Stage.MAIL: 2, Stage.RCPT: 3}
+    assert (rcs[-1], len(rcs)) == (Milter.ACCEPT, steps[stage])
+    assert ctx._reply is None
+
+
+def test_bouncer_only_keeps_asking_for_a_banned_clients_later_recipients() -> None:
+    """--stage rcpt with --always-allow-rcpt: an allowed recipient of a banned client must
+    not ACCEPT the message, or the next recipient would pass unasked."""
+    ctx = ctx_for(Stage.RCPT, make(banned_source()))
+    Milter.factory.context.always_allow_rcpt = ("postmaster@*",)  # type: ignore[attr-defined]
+    assert ctx._connect(ip="203.0.113.7") == Milter.CONTINUE
+    assert ctx._envfrom("<a@b.example>") == Milter.CONTINUE
+    assert ctx._envrcpt("<postmaster@example.org>") == Milter.CONTINUE
+    assert ctx._envrcpt("<bob@example.org>") == Milter.REJECT
 
 
 def test_captcha_range_tempfails_and_ipv6_mapped_matches() -> None:
@@ -104,27 +143,58 @@ def test_drop_sets_421() -> None:
     assert ctx._reply[0] == "421"
 
 
-def test_dry_run_lets_banned_clients_through() -> None:
+def test_dry_run_lets_banned_clients_through(tmp_path: Path) -> None:
     ctx = ctx_for(Stage.CONNECT, make(banned_source(), dry_run=True))
-    assert ctx._connect(ip="203.0.113.7") == Milter.CONTINUE
+    assert ctx._connect(ip="203.0.113.7") == Milter.ACCEPT  # bouncer only: nothing later
     assert ctx._reply is None
+    writer = writer_at(tmp_path)
+    ctx = ctx_for(Stage.CONNECT, make(banned_source(), dry_run=True), writer)
+    assert ctx._connect(ip="203.0.113.7") == Milter.CONTINUE  # the sensor goes on
+    assert ctx._reply is None
+    writer.stop()
 
 
-def test_only_the_deciding_callback_expects_a_reply() -> None:
+def test_only_the_deciding_callback_expects_a_reply(tmp_path: Path) -> None:
     src = banned_source()
-    no_reply_bits = Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_RCPT
+    writer = writer_at(tmp_path)
+    no_reply_bits = Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_RCPT
     for stage, replying in ((Stage.CONNECT, Milter.P_NR_CONN), (Stage.RCPT, Milter.P_NR_RCPT)):
-        ctx = ctx_for(stage, make(src))
+        ctx = ctx_for(stage, make(src), writer)
         ctx._negotiate()  # what the MTA is told, when it offers every protocol bit
         negotiated = ctx._protocol
         assert not negotiated & replying  # the deciding callback replies
         assert negotiated & no_reply_bits == no_reply_bits & ~replying
-        # the content phase is never asked for; rejected recipients are
+        # the content phase is never asked for; rejected recipients are; MAIL is not (the
+        # sender comes with the RCPT macros)
         for bit in (Milter.P_NOHDRS, Milter.P_NOEOH, Milter.P_NOBODY, Milter.P_NOUNKNOWN,
-                    Milter.P_RCPT_REJ):
+                    Milter.P_RCPT_REJ, Milter.P_NOMAIL):
             assert negotiated & bit
-        assert not negotiated & (Milter.P_NOCONNECT | Milter.P_NOHELO | Milter.P_NOMAIL
-                                 | Milter.P_NORCPT | Milter.P_NODATA)
+        assert not negotiated & (Milter.P_NOCONNECT | Milter.P_NOHELO | Milter.P_NORCPT
+                                 | Milter.P_NODATA)
+        assert {b"{mail_addr}", b"{rcpt_mailer}", b"{rcpt_host}", b"{rcpt_addr}", b"i"} <= \
+            ctx._symlist[Milter.M_ENVRCPT]
+    writer.stop()
+
+
+def test_sensor_asks_for_mail_when_the_mta_cannot_send_the_sender_with_rcpt(
+        tmp_path: Path) -> None:
+    writer = writer_at(tmp_path)
+    ctx = ctx_for(Stage.CONNECT, make(banned_source()), writer)
+    MilterTestCtx.default_opts = [Milter.CURR_ACTS & ~Milter.SETSYMLIST, 0x1FFFFF, 0, 0]
+    ctx._negotiate()
+    assert not ctx._protocol & Milter.P_NOMAIL
+    assert ctx._protocol & Milter.P_NR_MAIL
+    assert ctx._symlist[Milter.M_ENVRCPT] is None
+    writer.stop()
+
+
+def test_bouncer_only_asks_for_the_deciding_callback_alone() -> None:
+    ctx = ctx_for(Stage.CONNECT, make(banned_source()))
+    ctx._negotiate()
+    skipped = (Milter.P_NOHELO | Milter.P_NOMAIL | Milter.P_NORCPT | Milter.P_NODATA
+               | Milter.P_NOHDRS | Milter.P_NOEOH | Milter.P_NOBODY | Milter.P_NOUNKNOWN)
+    assert ctx._protocol & skipped == skipped
+    assert not ctx._protocol & (Milter.P_NOCONNECT | Milter.P_NR_CONN | Milter.P_RCPT_REJ)
 
 
 class Exploding:
@@ -170,6 +240,26 @@ def test_rejected_recipients_become_events(tmp_path: Path) -> None:
         "reason": "Recipient address rejected: User unknown", "queue_id": "4ABC123",
         "mta": "mx1.example.org"}
     assert events[1]["rcpt"] == '<x","client_ip":"6.6.6.6@example.org>'
+
+
+def test_sender_of_events_comes_with_the_rcpt_macros(tmp_path: Path) -> None:
+    """MAIL is not asked for: the sender field comes from {mail_addr} at RCPT, spelled as
+    the MAIL argument was (in angle brackets, <> for the null sender)."""
+    path = tmp_path / "events.log"
+    writer = EventWriter(str(path))
+    writer.start()
+    for sender, shown in (("spam@example.net", "<spam@example.net>"), ("", "<>"),
+                          ('"odd name"@example.net', '<"odd name"@example.net>')):
+        ctx = ctx_for(Stage.CONNECT, make(IndexSource()), writer)
+        assert ctx._connect(ip="192.0.2.9") == Milter.CONTINUE
+        ctx._setsymval("{mail_addr}", sender)
+        ctx._setsymval("{rcpt_mailer}", "error")
+        ctx._setsymval("{rcpt_host}", "5.1.1")
+        assert ctx._envrcpt("<guess@example.org>") == Milter.CONTINUE
+        writer.stop()
+        assert read_events(path)[-1]["mail_from"] == shown
+        writer.start()
+    writer.stop()
 
 
 def test_blocked_client_becomes_one_event(tmp_path: Path) -> None:

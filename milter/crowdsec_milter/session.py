@@ -1,9 +1,11 @@
 """The milter session: pymilter glue that asks the policy and carries out its verdict.
 
-Thin on purpose. It subscribes only to the envelope callbacks, answers only at the
-configured stage (every other callback is `noreply`), accepts at DATA so the MTA never
-sends headers or body, and never lets an exception reach libmilter (pymilter would answer
-its own 451): an internal error gets what `--on-lapi-error` says.
+Thin on purpose. It asks the MTA only for the callbacks the enabled features need
+(protocol.py), answers only at the configured stage (every other callback is `noreply`),
+accepts at DATA so the MTA never sends headers or body, accepts at the deciding stage when
+the event log is off and nothing later can change the answer, and never lets an exception
+reach libmilter (pymilter would answer its own 451): an internal error gets what
+`--on-lapi-error` says.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import Milter
 
 from .events import EventWriter, clean_text
 from .policy import Action, Policy, Stage, Verdict
+from .protocol import Request, request
 from .tally import Tally
 
 log = logging.getLogger("crowdsec_milter.session")
@@ -55,6 +58,9 @@ class Session(Milter.Base):
     """One SMTP session's view of the client, and its verdict once asked."""
 
     context: SessionContext
+    # the answer to each MTA offer, worked out once per class (one class per configuration)
+    _requests: dict[tuple[int, int], Request]
+    _said: set[str]
 
     def __init__(self) -> None:
         self.ip = ""
@@ -66,6 +72,33 @@ class Session(Milter.Base):
         self.reported = False
 
     # -- callbacks -------------------------------------------------------------------------
+
+    def negotiate(self, opts: list[int]) -> int:
+        """Ask for what `protocol.request` says, the answer cached per offer (pymilter's
+        own negotiate walks every callback's attributes on each connection). Sets
+        `_protocol`, which pymilter's no-reply wrappers read; on any error, pymilter's
+        fallback: ask the MTA for everything."""
+        try:
+            actions, offered = opts[0], opts[1]
+            req = self._requests.get((actions, offered))
+            if req is None:
+                sensor = self.context.events is not None
+                req = request(self.context.stage, sensor, actions, offered)
+                self._requests[(actions, offered)] = req
+                if sensor and req.wants_mail and "symlist" not in self._said:
+                    self._said.add("symlist")
+                    log.info("the MTA does not let the milter choose its macros: asking for "
+                             "the MAIL callback too, for the sender of events")
+            self._actions = actions
+            self._protocol = opts[1] = req.steps
+            opts[2] = opts[3] = 0
+            if req.rcpt_macros:
+                # through the context: pymilter 1.0.5's setsymlist passes bytes and fails
+                self._ctx.setsymlist(Milter.M_ENVRCPT, req.rcpt_macros)
+            return Milter.CONTINUE
+        except Exception:
+            log.exception("internal error negotiating with the MTA")
+            return Milter.ALL_OPTS
 
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         self.__init__()  # type: ignore[misc]  # a new connect (after XCLIENT) is a new client
@@ -84,6 +117,9 @@ class Session(Milter.Base):
 
     def envrcpt(self, to: str, *params: str) -> int:
         try:
+            sender = self.getsymval("{mail_addr}")  # asked for instead of the MAIL callback
+            if sender is not None:
+                self.mail_from = sender if sender[:1] == "<" else f"<{sender}>"
             if self.getsymval("{rcpt_mailer}") == "error":
                 self._rcpt_rejected(to)
                 return Milter.CONTINUE
@@ -108,12 +144,12 @@ class Session(Milter.Base):
                 self.verdict = self.context.policy.check(self.ip) if self.ip else None
             verdict = self.verdict
             if verdict is None:
-                return Milter.CONTINUE
+                return self._passed()
             if not self.reported:
                 self.reported = True
                 self._report(verdict, stage, rcpt)
             if not verdict.enforce:
-                return Milter.CONTINUE
+                return self._passed()
             assert verdict.reply is not None
             code, xcode, text = verdict.reply
             if verdict.action is Action.DROP:
@@ -124,6 +160,12 @@ class Session(Milter.Base):
             self.context.tally.inc("error")
             log.exception("internal error deciding on client %s", clean_text(self.ip, 64))
             return self._fallback()
+
+    def _passed(self) -> int:
+        """The answer for a client let through at the deciding stage: with the event log
+        off nothing later can change it, so ACCEPT and the MTA stops calling us for this
+        connection (or, from MAIL on, this message)."""
+        return Milter.CONTINUE if self.context.events is not None else Milter.ACCEPT
 
     def _fallback(self) -> int:
         try:
@@ -192,7 +234,7 @@ _NOREPLY_UNLESS = {"connect": Stage.CONNECT, "hello": Stage.HELO, "envfrom": Sta
 def session_class(context: SessionContext) -> type[Session]:
     """A Session subclass bound to `context`, whose callbacks other than the deciding one
     are negotiated as no-reply, so the MTA does not wait for them."""
-    attrs: dict[str, Any] = {"context": context}
+    attrs: dict[str, Any] = {"context": context, "_requests": {}, "_said": set()}
     for name, stage in _NOREPLY_UNLESS.items():
         if stage is not context.stage:
             attrs[name] = Milter.noreply(getattr(Session, name))
