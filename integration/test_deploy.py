@@ -603,7 +603,8 @@ def test_systemd_unit_verifies_and_is_sandboxed(tmp_path: Path) -> None:
     out = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and out.stderr.strip() == "", out.stderr
-    for needed in ("Type=simple", "User=crowdsec-milter", "Group=crowdsec-milter",
+    for needed in ("Type=notify", "NotifyAccess=main", "WatchdogSec=",
+                   "User=crowdsec-milter", "Group=crowdsec-milter",
                    "ExecStart=/usr/local/bin/crowdsec-milter -c "
                    "/etc/crowdsec-milter/crowdsec-milter.conf",
                    "Restart=on-failure", "LogsDirectory=crowdsec-milter",

@@ -27,6 +27,7 @@ class Fault:
     hang: bool = False  # accept and never answer (until the server stops)
     drip: float = 0.0  # send the whole answer, status line first, one byte every `drip` s
     count: int = -1  # how many requests it applies to; -1 = until cleared
+    hold: threading.Event | None = None  # answer (properly) only once this is set
 
 
 @dataclass
@@ -119,6 +120,8 @@ def serve(lapi: FakeLapi) -> tuple[ThreadingHTTPServer, str]:
                 if fault.hang:
                     lapi._stopping.wait(30)
                     return
+                if fault.hold is not None:
+                    fault.hold.wait(30)
                 if fault.delay:
                     time.sleep(fault.delay)
                 if fault.status != 200 or fault.body is not None:

@@ -62,8 +62,13 @@ class MilterProcess:
                      "--log-level", "debug", *args]
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait_ready: str | None = "decision(s) held") -> MilterProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CROWDSEC_MILTER_")}
+    def start(self, wait_ready: str | None = "decision(s) held",
+              env: dict[str, str] | None = None) -> MilterProcess:
+        """Start and wait until the socket accepts and `wait_ready` is in the log; `env`
+        adds variables (NOTIFY_SOCKET, ...)."""
+        base = {k: v for k, v in os.environ.items()
+                if not k.startswith(("CROWDSEC_MILTER_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+        env = {**base, **(env or {})}
         self._log = open(self.logfile, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([EXE, *self.args], stdout=self._log, stderr=self._log,
                                      env=env, cwd="/")

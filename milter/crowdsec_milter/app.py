@@ -30,6 +30,7 @@ from .cli import ConfigError, load
 from .events import EventWriter
 from .lapi import LapiClient
 from .metrics import MetricsServer, MilterCollector
+from .notify import Notifier
 from .policy import Policy
 from .session import SessionContext, session_class
 from .settings import Settings
@@ -116,19 +117,64 @@ def stop_libmilter(spec: str) -> None:
         waker.join(1.0)
 
 
-def wake_listener(spec: str) -> None:
-    """Connect once to our own libmilter socket, ending the listener's select."""
+def wake_listener(spec: str) -> bool:
+    """Connect once to our own libmilter socket, ending the listener's select; True if
+    it accepted (so it listens: readiness asks this too)."""
     kind, _, rest = spec.partition(":")
     with contextlib.suppress(OSError, ValueError):
         if kind in ("unix", "local"):
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.settimeout(0.5)
                 s.connect(rest)
-        elif kind in ("inet", "inet6"):
+            return True
+        if kind in ("inet", "inet6"):
             port, _, host = rest.partition("@")
             if not host or host in ("0.0.0.0", "::", "[::]"):
                 host = "::1" if kind == "inet6" else "127.0.0.1"
             socket.create_connection((host.strip("[]"), int(port)), timeout=0.5).close()
+            return True
+    return False
+
+
+class Readiness:
+    """systemd's READY=1 once the MTA can be served as configured: the first stream pull
+    is done (live mode: at once) and libmilter listens; STATUS= after every pull.
+
+    A first pull that fails also counts as done: the milter then answers as
+    --on-lapi-error says, as it would in any later outage, and holding READY back would
+    hold Postfix's start (Before=postfix.service) for as long as LAPI is down."""
+
+    def __init__(self, notifier: Notifier, settings: Settings) -> None:
+        self.notifier = notifier
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._status = "" if settings.mode == "stream" else \
+            "live mode: asking LAPI per client address"
+        self.sent = False
+
+    def on_pull(self, applied: bool, held: int) -> None:
+        """The puller's hook: remember the status, send it once READY went out."""
+        status = f"{held} decision(s) held" if applied else (
+            f"LAPI unavailable, {held} decision(s) held; clients get "
+            f"--on-lapi-error {self._settings.on_lapi_error}")
+        with self._lock:
+            self._status = status
+            sent = self.sent
+        if sent:
+            self.notifier.ready(status)
+
+    def poll(self) -> None:
+        """From the main loop: send READY=1 once both conditions hold."""
+        if self.sent or not self.notifier.enabled:
+            return
+        with self._lock:
+            status = self._status
+        if status and wake_listener(self._settings.socket):
+            with self._lock:
+                self.sent = True
+                status = self._status
+            self.notifier.ready(status)
+            log.info("told systemd: READY (%s)", status)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -218,7 +264,9 @@ def build(settings: Settings) -> Parts:
     if settings.event_log != "none":
         events = EventWriter(settings.event_log, maxsize=settings.event_queue)
     context = SessionContext(policy=policy, stage=settings.stage, events=events, tally=tally,
-                             always_allow_rcpt=settings.always_allow_rcpt)
+                             always_allow_rcpt=settings.always_allow_rcpt,
+                             exempt_authenticated=settings.exempt_authenticated,
+                             trap_rcpt=settings.trap_rcpt)
     metrics = None
     if settings.metrics_listen is not None:
         host, port = settings.metrics_listen
@@ -261,7 +309,8 @@ def reload(parts: Parts, old: Settings, argv: list[str]) -> Settings:
     context = SessionContext(
         policy=make_policy(new, parts.source, parts.context.tally), stage=new.stage,
         events=parts.events, tally=parts.context.tally,
-        always_allow_rcpt=new.always_allow_rcpt)
+        always_allow_rcpt=new.always_allow_rcpt,
+        exempt_authenticated=new.exempt_authenticated, trap_rcpt=new.trap_rcpt)
     parts.context = context
     parts.policy = context.policy
     # new connections get it; open ones finish as they are
@@ -286,9 +335,12 @@ def run(settings: Settings, argv: list[str] | None = None) -> int:
     log.info("crowdsec-milter %s starting: socket=%s lapi=%s mode=%s stage=%s%s",
              __version__, settings.socket, settings.lapi_url, settings.mode, settings.stage,
              " dry-run" if settings.dry_run else "")
+    notifier = Notifier()
+    readiness = Readiness(notifier, settings)
     if parts.events is not None:
         parts.events.start()
     if isinstance(parts.source, StreamSource):
+        parts.source.on_pull = readiness.on_pull
         parts.source.start()
     if parts.usage is not None:
         parts.usage.start()
@@ -332,11 +384,19 @@ def run(settings: Settings, argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGUSR1, on_usr1)
     thread = threading.Thread(target=serve, name="libmilter", daemon=True)
     thread.start()
+
+    def alive() -> bool:
+        puller = not isinstance(parts.source, StreamSource) or parts.source.running
+        return thread.is_alive() and puller
+
+    notifier.start_watchdog(alive)
     while not stop.is_set() and not done.is_set():
-        stop.wait(0.2)
+        readiness.poll()
+        stop.wait(0.05 if notifier.enabled and not readiness.sent else 0.2)
         if hup.is_set():
             hup.clear()
             settings = reload(parts, settings, argv if argv is not None else sys.argv[1:])
+    notifier.stopping()
     if not done.is_set():
         # Commands the MTA sent just before the signal may still sit in our sockets (it
         # does not wait for no-reply callbacks): let them run before libmilter stops.
@@ -353,5 +413,6 @@ def run(settings: Settings, argv: list[str] | None = None) -> int:
     if parts.usage is not None:
         parts.usage.stop()
     parts.client.close()
+    notifier.close()
     log.info("stopped")
     return 1 if failed.is_set() else 0

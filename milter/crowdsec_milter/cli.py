@@ -33,7 +33,9 @@ _COMMANDS = {
     None: ("CrowdSec bouncer and sensor for Postfix and Sendmail (a milter).",
            "commands (each has its own --help): "
            "`crowdsec-milter check [options]` tests LAPI and the key; "
-           "`crowdsec-milter lookup IP [options]` shows what the milter would answer IP."),
+           "`crowdsec-milter lookup IP [options]` shows what the milter would answer IP; "
+           "`crowdsec-milter config [options]` prints the settings in force and where each "
+           "comes from."),
     "check": ("Check that LAPI answers, that it accepts the key (or certificate), and count "
               "the active decisions the milter would hold. Exit status 0 when all is well, "
               "1 when not. Reads only GET /v1/decisions: a running milter's stream is not "
@@ -43,6 +45,11 @@ _COMMANDS = {
                "would answer a client connecting from it. Exit status 0 let through, "
                "3 blocked, 1 LAPI could not answer, 2 bad input. Takes the milter's own "
                "options (or its -c config file).",
+               None),
+    "config": ("Print the settings these options, CROWDSEC_MILTER_* variables and config "
+               "file add up to, one `key = value (source)` line each; the source is flag, "
+               "env VARIABLE, file PATH or default. The API key is shown masked. Exit status "
+               "0, or 2 with one line when the settings are bad. Asks LAPI nothing.",
                None),
 }
 
@@ -86,7 +93,8 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
     p = _Parser(
         prog=PROG if command is None else f"{PROG} {command}",
         usage={None: None, "check": f"{PROG} check [options]",
-               "lookup": f"{PROG} lookup IP [options]"}[command],
+               "lookup": f"{PROG} lookup IP [options]",
+               "config": f"{PROG} config [options]"}[command],
         description=description,
         epilog=epilog,
         auto_env_var_prefix=ENV_PREFIX,
@@ -140,6 +148,12 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
     p.add_argument("--always-allow-rcpt", action="append", default=None, metavar="PATTERN",
                    help="with --stage rcpt, recipients let through even for banned clients "
                         "(repeatable, shell-style) [default: postmaster@* abuse@*]")
+    p.add_argument("--exempt-authenticated", action="store_true",
+                   help="never block a session whose client authenticated (SMTP AUTH: the "
+                        "{auth_authen} macro, sent at MAIL); needs --stage mail or rcpt")
+    p.add_argument("--trap-rcpt", action="append", default=None, metavar="PATTERN",
+                   help="spam-trap recipients (repeatable, shell-style): a RCPT to one "
+                        "writes a rcpt_trap event; the MTA's answer is not changed")
     p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
                    help="serve Prometheus /metrics and /health here, IPv4 or IPv6 "
                         "(127.0.0.1:9395, [::1]:9395, [::]:9395); off by default")
@@ -282,6 +296,11 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
     check_tls(args)
     allow = tuple(p.strip().lower() for p in args.always_allow_rcpt) \
         if args.always_allow_rcpt is not None else Settings().always_allow_rcpt
+    traps = tuple(p.strip().lower() for p in args.trap_rcpt or () if p.strip())
+    if args.exempt_authenticated and args.stage in (Stage.CONNECT, Stage.HELO):
+        raise ConfigError(f"--exempt-authenticated needs --stage mail or rcpt, not "
+                          f"{args.stage}: whether a client authenticated is known only "
+                          "from MAIL FROM on ({auth_authen})")
     return Settings(
         socket=check_socket(args.socket),
         lapi_url=check_url(args.lapi_url),
@@ -305,6 +324,8 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
         dry_run=args.dry_run,
         event_log=args.event_log,
         always_allow_rcpt=allow,
+        exempt_authenticated=args.exempt_authenticated,
+        trap_rcpt=traps,
         metrics_listen=check_listen(args.metrics_listen),
         usage_metrics_interval=0.0 if args.usage_metrics_interval == 0 else
         _positive("usage-metrics-interval", args.usage_metrics_interval),
@@ -341,8 +362,81 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         fail(str(exc))
 
 
+MASK = "********"
+_SECRET = ("api_key",)  # shown masked, whatever its source
+# Options whose default lives in Settings (their argparse default is None).
+_LIST_DEFAULTS = {"action": [f"{t}={a}" for t, a in Settings().actions],
+                  "trusted_network": [str(n) for n in Settings().trusted_networks],
+                  "always_allow_rcpt": list(Settings().always_allow_rcpt)}
+
+
+def _show(value: object) -> str:
+    """A value as a config-file line would hold it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    if value is None:
+        return "(not set)"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def config_lines(parser: configargparse.ArgParser, args: configargparse.Namespace) -> list[str]:
+    """`key = value (source)` for every option, in --help order: what flags, variables,
+    config file and defaults add up to. The key is masked; its file is just a path."""
+    sources = parser.get_source_to_settings_dict()
+    where: dict[int, str] = {}
+    for section, settings in sources.items():
+        if section == "environment_variables":
+            for name, (action, _value) in settings.items():
+                where[id(action)] = f"env {name}"
+        elif section.startswith("config_file"):
+            path = section.partition("|")[2]
+            for action, _value in settings.values():
+                where[id(action)] = f"file {path}"
+        elif section == "defaults":
+            for action, _value in settings.values():
+                where[id(action)] = "default"
+    lines = []
+    for action in parser._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if not longs or action.dest in ("help", "version"):
+            continue
+        value = getattr(args, action.dest, None)
+        source = where.get(id(action))
+        if source is None:  # configargparse leaves out None defaults and bare switches
+            source = "default" if value == action.default else "flag"
+        if value is None and action.dest in _LIST_DEFAULTS:
+            value = _LIST_DEFAULTS[action.dest]
+        shown = MASK if action.dest in _SECRET and value else _show(value)
+        lines.append(f"{longs[-1][2:]} = {shown} ({source})")
+    return lines
+
+
+def show_config(argv: Sequence[str]) -> int:
+    """`crowdsec-milter config`: print the settings in force; 2 with one line if bad."""
+    parser = build_parser("config")
+    try:
+        try:
+            args = parser.parse_args(list(argv))
+        except OSError as exc:
+            raise ConfigError(f"{getattr(exc, 'filename', '') or 'config file'}: "
+                              f"{exc.strerror or exc}") from exc
+        except (UnicodeError, configargparse.ConfigFileParserException) as exc:
+            raise ConfigError(f"config file: {exc}") from exc
+        settings_from_args(args)  # the same checks as at start-up
+    except ConfigError as exc:
+        fail(str(exc))
+    print("\n".join(config_lines(parser, args)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "config":
+        return show_config(argv[1:])
     if argv and argv[0] in ("check", "lookup"):
         from .tools import check, lookup
 

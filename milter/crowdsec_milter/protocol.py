@@ -48,16 +48,22 @@ class Request:
         return not self.steps & Milter.P_NOMAIL
 
 
-def request(stage: Stage, sensor: bool, actions: int = Milter.CURR_ACTS,
-            offered: int = 0x1FFFFF) -> Request:
+def request(stage: Stage, sensor: bool, mail: bool = False, rcpt: bool = False,
+            actions: int = Milter.CURR_ACTS, offered: int = 0x1FFFFF) -> Request:
     """What to ask of an MTA offering `actions` and protocol bits `offered`.
 
-    `sensor`: the event log is on. Bits the MTA does not offer are never asked for (an MTA
-    that cannot skip a callback still makes it; the callbacks answer CONTINUE then)."""
+    `sensor`: the event log is on; `mail`: MAIL is needed whatever the stage (the SMTP AUTH
+    login of --exempt-authenticated); `rcpt`: every RCPT is (trap recipients). Bits the MTA
+    does not offer are never asked for (an MTA that cannot skip a callback still makes it;
+    the callbacks answer CONTINUE then)."""
     symlist = sensor and bool(actions & Milter.SETSYMLIST)
     needed = {"connect"}
     needed.add({Stage.CONNECT: "connect", Stage.HELO: "hello", Stage.MAIL: "envfrom",
                 Stage.RCPT: "envrcpt"}[stage])
+    if mail:
+        needed.add("envfrom")
+    if rcpt:
+        needed |= {"envrcpt", "data"}
     if sensor:
         needed |= {"hello", "envrcpt", "data"}
         if not symlist:
@@ -66,7 +72,7 @@ def request(stage: Stage, sensor: bool, actions: int = Milter.CURR_ACTS,
         # a banned client's always-allowed recipient goes on to DATA: answer ACCEPT there
         needed.add("data")
     steps = NEVER | Milter.P_SKIP
-    if sensor:
+    if sensor or rcpt:  # rejected recipients are events; a rejected trap one is reported
         steps |= Milter.P_RCPT_REJ
     for name, (own, noreply, nocallback) in CALLBACKS.items():
         if name not in needed:

@@ -39,10 +39,32 @@ class SessionContext:
     tally: Tally = field(default_factory=Tally)
     # with --stage rcpt: recipients let through even for a banned client (RFC 5321 4.5.1)
     always_allow_rcpt: tuple[str, ...] = ()
+    # a client that authenticated (SMTP AUTH, known from MAIL on) is never blocked
+    exempt_authenticated: bool = False
+    # spam-trap recipients: a RCPT to one is reported as a rcpt_trap event
+    trap_rcpt: tuple[str, ...] = ()
 
     def allowed_rcpt(self, rcpt: str) -> bool:
-        address = rcpt.strip().strip("<>").lower()
-        return any(fnmatch.fnmatchcase(address, pattern) for pattern in self.always_allow_rcpt)
+        return _matches(rcpt, self.always_allow_rcpt)
+
+    def trap(self, rcpt: str) -> bool:
+        return bool(self.trap_rcpt) and _matches(rcpt, self.trap_rcpt)
+
+    @property
+    def final_at_verdict(self) -> bool:
+        """Nothing after the verdict matters: no events to write, no trap to watch for."""
+        return self.events is None and not self.trap_rcpt
+
+    def request(self, actions: int, offered: int) -> Request:
+        """What to ask of an MTA offering `actions` and protocol bits `offered`."""
+        return request(self.stage, sensor=self.events is not None,
+                       mail=self.exempt_authenticated, rcpt=bool(self.trap_rcpt),
+                       actions=actions, offered=offered)
+
+
+def _matches(rcpt: str, patterns: tuple[str, ...]) -> bool:
+    address = rcpt.strip().strip("<>").lower()
+    return any(fnmatch.fnmatchcase(address, pattern) for pattern in patterns)
 
 
 def _addr(family: int, hostaddr: Any) -> str:
@@ -67,6 +89,7 @@ class Session(Milter.Base):
         self.client_name = ""
         self.helo = ""
         self.mail_from = ""
+        self.auth_user = ""  # the SMTP AUTH login, from MAIL on
         self.verdict: Verdict | None = None
         self.asked = False
         self.reported = False
@@ -82,10 +105,11 @@ class Session(Milter.Base):
             actions, offered = opts[0], opts[1]
             req = self._requests.get((actions, offered))
             if req is None:
-                sensor = self.context.events is not None
-                req = request(self.context.stage, sensor, actions, offered)
+                req = self.context.request(actions, offered)
                 self._requests[(actions, offered)] = req
-                if sensor and req.wants_mail and "symlist" not in self._said:
+                if (self.context.events is not None and req.wants_mail
+                        and not self.context.exempt_authenticated
+                        and "symlist" not in self._said):
                     self._said.add("symlist")
                     log.info("the MTA does not let the milter choose its macros: asking for "
                              "the MAIL callback too, for the sender of events")
@@ -113,6 +137,8 @@ class Session(Milter.Base):
 
     def envfrom(self, mailfrom: str, *params: str) -> int:
         self.mail_from = mailfrom or ""
+        # the MTA sends {auth_authen} at MAIL (Postfix's milter_mail_macros default)
+        self.auth_user = self._macro("{auth_authen}")
         return self._at(Stage.MAIL, rcpt="")
 
     def envrcpt(self, to: str, *params: str) -> int:
@@ -122,10 +148,18 @@ class Session(Milter.Base):
                 self.mail_from = sender if sender[:1] == "<" else f"<{sender}>"
             if self.getsymval("{rcpt_mailer}") == "error":
                 self._rcpt_rejected(to)
+                if self.context.trap(to):
+                    self._rcpt_trap(to, accepted=False)
                 return Milter.CONTINUE
         except Exception:
             log.exception("internal error recording a rejected recipient")
-        return self._at(Stage.RCPT, rcpt=to)
+        result = self._at(Stage.RCPT, rcpt=to)
+        try:
+            if self.context.trap(to):  # seen, never answered differently
+                self._rcpt_trap(to, accepted=result == Milter.CONTINUE)
+        except Exception:
+            log.exception("internal error recording a trap recipient")
+        return result
 
     def data(self) -> int:
         # Nothing in headers or body matters to us: let the MTA skip the content phase.
@@ -145,10 +179,11 @@ class Session(Milter.Base):
             verdict = self.verdict
             if verdict is None:
                 return self._passed()
+            exempt = self.context.exempt_authenticated and bool(self.auth_user)
             if not self.reported:
                 self.reported = True
-                self._report(verdict, stage, rcpt)
-            if not verdict.enforce:
+                self._report(verdict, stage, rcpt, exempt)
+            if exempt or not verdict.enforce:
                 return self._passed()
             assert verdict.reply is not None
             code, xcode, text = verdict.reply
@@ -162,10 +197,10 @@ class Session(Milter.Base):
             return self._fallback()
 
     def _passed(self) -> int:
-        """The answer for a client let through at the deciding stage: with the event log
-        off nothing later can change it, so ACCEPT and the MTA stops calling us for this
-        connection (or, from MAIL on, this message)."""
-        return Milter.CONTINUE if self.context.events is not None else Milter.ACCEPT
+        """The answer for a client let through at the deciding stage: when nothing later
+        can change it or needs to be seen (no event log, no trap recipients), ACCEPT, and
+        the MTA stops calling us for this connection (from MAIL on: for this message)."""
+        return Milter.ACCEPT if self.context.final_at_verdict else Milter.CONTINUE
 
     def _fallback(self) -> int:
         try:
@@ -178,16 +213,24 @@ class Session(Milter.Base):
             log.exception("internal error in the fallback answer")
             return Milter.CONTINUE
 
-    def _report(self, verdict: Verdict, stage: Stage, rcpt: str) -> None:
-        """One operational log line and one event per blocked session."""
+    def _report(self, verdict: Verdict, stage: Stage, rcpt: str, exempt: bool = False) -> None:
+        """One operational log line and one event per blocked session (or per session an
+        authenticated client was let through in: action `exempt`, the decision named)."""
         decision = verdict.decision
         dtype = decision.type if decision else ""
+        action = "exempt" if exempt else str(verdict.action)
         self.context.tally.inc("blocked", dtype or verdict.reason,
                                decision.origin if decision else "", str(stage),
+                               "exempt" if exempt else
                                str(verdict.action) if verdict.enforce else "none")
+        if exempt:
+            head = f"exempt (authenticated as {clean_text(self.auth_user, 64)}, would " \
+                   f"{verdict.action if verdict.enforce else 'not block'})"
+        else:
+            head = "would block" if not verdict.enforce else f"{verdict.action}"
         log.info(
             "%s client=%s type=%s scope=%s value=%s scenario=%s origin=%s stage=%s%s",
-            "would block" if not verdict.enforce else f"{verdict.action}",
+            head,
             clean_text(self.ip, 64), dtype or verdict.reason,
             decision.scope if decision else "", decision.value if decision else "",
             clean_text(decision.scenario if decision else "", 128).replace(" ", "_") or "-",
@@ -199,7 +242,7 @@ class Session(Milter.Base):
                 "client_blocked",
                 client_ip=self.ip, client_name=self.client_name, helo=self.helo,
                 mail_from=self.mail_from, rcpt=rcpt, stage=str(stage),
-                action=str(verdict.action), enforced=verdict.enforce, reason=verdict.reason,
+                action=action, enforced=verdict.enforce and not exempt, reason=verdict.reason,
                 decision_type=dtype,
                 decision_scope=decision.scope if decision else "",
                 decision_value=decision.value if decision else "",
@@ -218,6 +261,23 @@ class Session(Milter.Base):
             client_ip=self.ip, client_name=self.client_name, helo=self.helo,
             mail_from=self.mail_from, rcpt=to, status=status,
             reason=self._macro("{rcpt_addr}"), queue_id=self._macro("i"), mta=self._macro("j"),
+        )
+
+    def _rcpt_trap(self, to: str, accepted: bool) -> None:
+        """A RCPT to a spam trap, whatever the MTA answered (`accepted`)."""
+        self.context.tally.inc("rcpt_trap", "accepted" if accepted else "rejected")
+        log.info("trap recipient client=%s rcpt=%s accepted=%s", clean_text(self.ip, 64),
+                 clean_text(to, 256), "yes" if accepted else "no")
+        if self.context.events is None:
+            return
+        rejected = not accepted and self._macro("{rcpt_mailer}") == "error"
+        self.context.events.emit(
+            "rcpt_trap",
+            client_ip=self.ip, client_name=self.client_name, helo=self.helo,
+            mail_from=self.mail_from, rcpt=to,
+            status=self._macro("{rcpt_host}") if rejected else "",
+            reason=self._macro("{rcpt_addr}") if rejected else "",
+            queue_id=self._macro("i"), mta=self._macro("j"), accepted=accepted,
         )
 
     def _macro(self, name: str) -> str:

@@ -36,6 +36,8 @@ class Settings:
     event_log: str = "/var/log/crowdsec-milter/events.log"
     event_queue: int = 10_000
     always_allow_rcpt: tuple[str, ...] = ("postmaster@*", "abuse@*")
+    exempt_authenticated: bool = False
+    trap_rcpt: tuple[str, ...] = ()
     metrics_listen: tuple[str, int] | None = None
     usage_metrics_interval: float = 1800.0
     lapi_ca: str | None = None

@@ -101,8 +101,11 @@ class StreamSource:
         *,
         resync_interval: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
+        on_pull: Callable[[bool, int], None] | None = None,
     ) -> None:
         self._client = client
+        # told after each pull: (applied, decisions held); systemd's READY and STATUS
+        self.on_pull = on_pull
         self._every = update_frequency
         self._resync_interval = resync_interval
         self._clock = clock
@@ -249,12 +252,22 @@ class StreamSource:
                 log.exception("unexpected error in the stream puller")
                 ok = False
                 self._need_startup = True
+            if self.on_pull is not None:
+                try:
+                    self.on_pull(ok, len(self._index))
+                except Exception:
+                    log.exception("unexpected error reporting a pull")
             delay = self._every if ok else min(max(delay * 2, self._every), 60.0)
             self._stop.wait(delay)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="lapi-stream", daemon=True)
         self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        """The puller thread is alive (the watchdog asks)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
