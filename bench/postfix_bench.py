@@ -54,13 +54,13 @@ SHAPE_TEXT = {"-d": "-d (20 connections, many messages each)",
 
 def our_protocol() -> tuple[int, str]:
     """The protocol steps (SMFIP_* bits asked for) and RCPT macros of crowdsec-milter in the
-    sensor configuration the bench runs (stage connect, events on), from its own code."""
-    from crowdsec_milter import session as s
+    sensor configuration the bench runs (stage connect, events on), from its own code, for
+    an MTA offering every action (Postfix does)."""
+    from crowdsec_milter.policy import Stage
+    from crowdsec_milter.protocol import request
 
-    if hasattr(s, "protocol_request"):
-        return s.protocol_request(stage=s.Stage.CONNECT, sensor=True)  # type: ignore[no-any-return]
-    ctx = s.SessionContext(policy=None, stage=s.Stage.CONNECT)  # type: ignore[arg-type]
-    return ~s.session_class(ctx).protocol_mask() & 0x1FFFFF, ""
+    req = request(Stage.CONNECT, sensor=True)
+    return req.steps, req.rcpt_macros
 
 
 def build_floor(work: Path) -> Path | None:

@@ -286,3 +286,18 @@ def test_settings_defaults_match_the_documented_ones() -> None:
     s = Settings()
     assert (s.socket, s.mode, s.stage, s.on_lapi_error) == \
         ("inet:8895@127.0.0.1", "stream", Stage.CONNECT, Action.ACCEPT)
+
+
+def test_bouncer_only_with_traps_or_exempt_logins_keeps_what_they_need() -> None:
+    """Trap recipients are watched with the event log off too: no ACCEPT at connect, every
+    RCPT asked for; --exempt-authenticated needs MAIL (the login) at --stage rcpt."""
+    ctx = ctx_for(Stage.CONNECT, make(banned_source()))
+    Milter.factory.context.trap_rcpt = ("trap@*",)  # type: ignore[attr-defined]
+    assert ctx._connect(ip="192.0.2.1") == Milter.CONTINUE
+    assert not ctx._protocol & (Milter.P_NORCPT | Milter.P_NODATA)
+    assert ctx._protocol & Milter.P_RCPT_REJ
+    ctx = ctx_for(Stage.RCPT, make(banned_source()))
+    Milter.factory.context.exempt_authenticated = True  # type: ignore[attr-defined]
+    ctx._negotiate()
+    assert not ctx._protocol & Milter.P_NOMAIL
+    assert ctx._protocol & Milter.P_NR_MAIL
