@@ -37,7 +37,7 @@ def same_protocol(wanted: int, rcpt_macros: str) -> type[Milter.Base]:
         def negotiate(self, opts):  # type: ignore[no-untyped-def]
             self._protocol = opts[1] = opts[1] & wanted
             opts[2] = opts[3] = 0
-            if rcpt_macros:
+            if rcpt_macros and opts[0] & Milter.SETSYMLIST:
                 self._ctx.setsymlist(Milter.M_ENVRCPT, rcpt_macros)  # pymilter 1.0.5 passes bytes
             return Milter.CONTINUE
 
