@@ -156,12 +156,12 @@ def bench_live(sessions: int, addresses: int) -> None:
 
 
 def bench_latency(n_decisions: int, sessions: int, rounds: int) -> None:
-    """Connect to last reply through the milter protocol, against a do-nothing pymilter
-    milter doing the same work: a REJECT at connect for the banned client, crowdsec-milter's
-    own protocol (same steps, same no-reply marks) for the clean one."""
+    """Connect to last reply through the milter protocol, crowdsec-milter as a bouncer
+    (--event-log none), against a do-nothing pymilter milter doing the same work: a REJECT
+    at connect for the banned client, an ACCEPT at connect for the clean one."""
     from milter_process import Mta
     from miltertest import constants as mc
-    from postfix_bench import our_protocol, wait_healthy
+    from postfix_bench import wait_healthy
 
     items = decisions(n_decisions, 0)
     banned = items[0]["value"]
@@ -171,15 +171,13 @@ def bench_latency(n_decisions: int, sessions: int, rounds: int) -> None:
     key.write_text("bench-key")
     key.chmod(0o600)
     exe = str(Path(sys.executable).parent / "crowdsec-milter")
-    wanted, macros = our_protocol()
     ours_port, same_port, reject_port, health = (free_port() for _ in range(4))
     procs = [
         subprocess.Popen([exe, "--socket", f"inet:{ours_port}@127.0.0.1", "--lapi-url",
                           lapi.url, "--api-key-file", str(key), "--event-log", "none",
                           "--metrics-listen", f"127.0.0.1:{health}", "--log-level", "warning"]),
         subprocess.Popen([sys.executable, str(HERE / "noop_milter.py"),
-                          f"inet:{same_port}@127.0.0.1", f"{wanted:x}",
-                          *([macros] if macros else [])]),
+                          f"inet:{same_port}@127.0.0.1", "accept"]),
         subprocess.Popen([sys.executable, str(HERE / "noop_milter.py"),
                           f"inet:{reject_port}@127.0.0.1", "reject"]),
     ]
@@ -209,8 +207,7 @@ def bench_latency(n_decisions: int, sessions: int, rounds: int) -> None:
 
         for label, ip, peer, what in (
                 ("hit (banned)", banned, reject_port, "REJECT at connect"),
-                ("miss (clean)", "192.0.2.1", same_port,
-                 "crowdsec-milter's protocol, connect to DATA")):
+                ("miss (clean)", "192.0.2.1", same_port, "ACCEPT at connect")):
             res: dict[int, list[float]] = {ours_port: [], peer: []}
             for _ in range(rounds):
                 for port in (ours_port, peer):
