@@ -42,8 +42,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "integration"))
+sys.path.insert(1, str(HERE.parent / "tests"))  # ports, shared with the tests
 
-from common import BlobLapi, decisions, free_port, stream_body, wait_port  # noqa: E402
+from common import BenchLapi, decisions, stream_body  # noqa: E402
+from ports import free_port, wait_port  # noqa: E402
 
 CONFIGS = ("none", "C accept", "C same protocol", "py same protocol", "crowdsec-milter",
            "crowdsec bouncer")
@@ -181,7 +183,7 @@ def run_once(smoke: bool) -> list[dict[str, Any]]:
     work = Path(tempfile.mkdtemp(prefix="bench-postfix-", dir=base))
     items = decisions(1_000 if smoke else 100_000, 0)
     banned = next(d["value"] for d in items if ":" not in d["value"])
-    lapi = BlobLapi(stream_body(items))
+    lapi = BenchLapi(stream_body(items))
     key = work / "key"
     key.write_text("bench-key")
     key.chmod(0o600)

@@ -24,14 +24,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent / "tests"))  # the wire client shared with the tests
 
-from common import (  # noqa: E402
-    BlobLapi,
-    decisions,
-    free_port,
-    percentile,
-    stream_body,
-    wait_port,
-)
+from common import BenchLapi, decisions, percentile, stream_body  # noqa: E402
+from ports import free_port, wait_port  # noqa: E402
 
 ROWS: list[tuple[str, str, str, str]] = []
 
@@ -42,8 +36,8 @@ def row(figure: str, ours: str, other: str, note: str) -> None:
 
 
 def bench_index(n_ip: int, n_range: int, probes: int, rounds: int) -> None:
-    from crowdsec_milter.decisions import parse_decision
-    from crowdsec_milter.index import DecisionIndex, address_key
+    from crowdsec_milter.decisions import parse_address, parse_decision
+    from crowdsec_milter.index import DecisionIndex
 
     items = decisions(n_ip, n_range)
     ours = DecisionIndex()
@@ -67,7 +61,7 @@ def bench_index(n_ip: int, n_range: int, probes: int, rounds: int) -> None:
     pc = time.perf_counter_ns
 
     def ours_one(ip: str) -> None:
-        key = address_key(ip)
+        key = parse_address(ip)
         # as the milter asks (Policy.check, StreamSource.lookup): stop at the first ban
         ours.lookup(key[0], key[1], now, False, key[2])  # type: ignore[index]
 
@@ -94,7 +88,7 @@ def bench_index(n_ip: int, n_range: int, probes: int, rounds: int) -> None:
 
 
 def bench_pull(n_ip: int, n_range: int, rounds: int) -> None:
-    lapi = BlobLapi(stream_body(decisions(n_ip, n_range)))
+    lapi = BenchLapi(stream_body(decisions(n_ip, n_range)))
     got: dict[str, list[dict]] = {"ours": [], "pycrowdsec": []}
     for _ in range(rounds):
         for which in got:
@@ -120,11 +114,11 @@ def bench_pull(n_ip: int, n_range: int, rounds: int) -> None:
 
 
 def bench_live(sessions: int, addresses: int) -> None:
-    from crowdsec_milter.index import address_key
+    from crowdsec_milter.decisions import parse_address
     from crowdsec_milter.lapi import LapiClient
     from crowdsec_milter.source import LiveSource
 
-    lapi = BlobLapi(b"{}")
+    lapi = BenchLapi(b"{}")
     source = LiveSource(LapiClient(lapi.url, "bench-key", 2.0), 60.0, timeout=2.0)
     ips = [f"10.{i // 256 % 256}.{i % 256}.1" for i in range(addresses)]
     order = [ips[i % addresses] for i in range(sessions)]
@@ -137,7 +131,7 @@ def bench_live(sessions: int, addresses: int) -> None:
                 if not order:
                     return
                 ip = order.pop()
-            key = address_key(ip)
+            key = parse_address(ip)
             source.lookup(key[0], key[1], ip)  # type: ignore[index]
 
     threads = [threading.Thread(target=worker) for _ in range(32)]
@@ -149,9 +143,9 @@ def bench_live(sessions: int, addresses: int) -> None:
     # Requests the milter sent (a timed-out one counts, and so does its retry), beside those
     # the bench LAPI answered.
     row(f"live mode: LAPI requests for {sessions:,} sessions from {addresses:,} addresses",
-        f"{source.requests:,}", f"{sessions:,} (no cache)",
+        f"{source.stats().requests:,}", f"{sessions:,} (no cache)",
         f"32 threads, --cache-ttl 60, {time.monotonic() - started:.1f} s; LAPI answered "
-        f"{lapi.live_requests:,}; failed: {sum(source.errors.values())}")
+        f"{lapi.live_requests:,}; failed: {sum(source.stats().errors.values())}")
     lapi.close()
 
 
@@ -165,7 +159,7 @@ def bench_latency(n_decisions: int, sessions: int, rounds: int) -> None:
 
     items = decisions(n_decisions, 0)
     banned = items[0]["value"]
-    lapi = BlobLapi(stream_body(items))
+    lapi = BenchLapi(stream_body(items))
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     key = tmp / "key"
     key.write_text("bench-key")

@@ -31,8 +31,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent / "tests"))
 
-from common import BlobLapi, decisions, stream_body  # noqa: E402
-from milter_process import Mta, free_port, metric  # noqa: E402
+from common import BenchLapi, decisions, stream_body  # noqa: E402
+from milter_process import Mta, metric  # noqa: E402
+from ports import free_port  # noqa: E402
 
 CACHE_SIZE = 1000
 CLEAN = ipaddress.ip_network("10.0.0.0/8")  # clients drawn from here have no decision
@@ -133,7 +134,7 @@ def main() -> int:
     banned = [d["value"] for d in items[:1000] if d["scope"] == "Ip"
               and not ipaddress.ip_address(d["value"]).is_loopback]
     live = {d["value"]: [d] for d in items if d["scope"] == "Ip"}
-    lapi = BlobLapi(stream_body(items), live=live)
+    lapi = BenchLapi(stream_body(items), live=live)
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     key = work / "key"
     key.write_text("bench-key")

@@ -18,15 +18,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from ports import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 CONTENT = REPO / "conf" / "crowdsec"
 HUB = Path("/usr/share/crowdsec/hub")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class CrowdSec:

@@ -34,8 +34,9 @@ from typing import Any
 import pytest
 from crowdsec_milter.cli import build_parser, parse
 from eventschema import read_events
+from ports import free_port
 from real_crowdsec import CrowdSec
-from real_postfix import free_port, session
+from real_postfix import session
 from waiting import eventually
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from lapi_server import FakeLapi, Fault, serve
 from milter_process import MilterProcess, Mta
-from real_crowdsec import CrowdSec, free_port
+from ports import free_port
+from real_crowdsec import CrowdSec
 from waiting import eventually
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from eventschema import read_events
 from milter_process import MilterProcess
-from real_crowdsec import CrowdSec, free_port
+from ports import free_port
+from real_crowdsec import CrowdSec
 from real_sendmail import Sendmail, session
 
 pytestmark = pytest.mark.integration

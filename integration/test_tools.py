@@ -23,7 +23,7 @@ def tool(*args: str, url: str, key_file: Path) -> subprocess.CompletedProcess[st
 
 
 def test_check_and_lookup_on_real_lapi(tmp_path: Path) -> None:
-    from crowdsec_milter.index import address_key
+    from crowdsec_milter.decisions import parse_address
     from crowdsec_milter.lapi import LapiClient
     from crowdsec_milter.source import StreamSource
 
@@ -61,7 +61,7 @@ def test_check_and_lookup_on_real_lapi(tmp_path: Path) -> None:
         # The milter's next delta still brings all three: the tools left its cursor alone.
         assert source.pull_once()
         for ip in ("203.0.113.5", "198.51.100.77", "2001:db8::5"):
-            k = address_key(ip)
+            k = parse_address(ip)
             assert k is not None and source.lookup(*k), ip
         client.close()
 

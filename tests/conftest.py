@@ -11,7 +11,7 @@ import pytest
 # Helpers sit beside the tests.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from lapi_server import FakeLapi, serve
+from lapi_server import FakeLapi, serve, stop
 
 
 @pytest.fixture
@@ -19,6 +19,4 @@ def fake_lapi() -> Iterator[tuple[FakeLapi, str]]:
     lapi = FakeLapi()
     server, url = serve(lapi)
     yield lapi, url
-    lapi._stopping.set()
-    server.shutdown()
-    server.server_close()
+    stop(lapi, server)

@@ -15,14 +15,9 @@ import httpx
 from eventschema import read_events
 from miltertest import MilterConnection
 from miltertest import constants as c
+from ports import free_port
 
 EXE = str(Path(sys.executable).parent / "crowdsec-milter")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def metric(text: str, name: str) -> float:

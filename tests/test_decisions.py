@@ -122,8 +122,7 @@ def test_startup_fast_path_builds_the_same_index_as_the_general_path(items) -> N
     from crowdsec_milter.index import DecisionIndex
     from crowdsec_milter.source import _add, _Counter
 
-    fast, slow = DecisionIndex(), DecisionIndex()
-    fast.shared = False
+    fast, slow = DecisionIndex(private=True), DecisionIndex()
     for i, item in enumerate(items):
         item = {**item, "id": item["id"] * 64 + i}  # distinct ids, both sides of 2**64
         _add(item, 100.0, fast, _Counter())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -137,15 +138,19 @@ def test_disk_full_is_counted(tmp_path: Path) -> None:
     assert writer.written == 0
 
 
-def test_syslog_target_sends_one_tagged_datagram_per_event(tmp_path: Path) -> None:
-    import socket
-
+def syslog_pair(tmp_path: Path) -> tuple[socket.socket, EventWriter]:
+    """A datagram socket standing in for /dev/log, and a running writer sending to it."""
     path = tmp_path / "log.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(str(path))
     server.settimeout(5)
     writer = EventWriter(f"syslog:{path}")
     writer.start()
+    return server, writer
+
+
+def test_syslog_target_sends_one_tagged_datagram_per_event(tmp_path: Path) -> None:
+    server, writer = syslog_pair(tmp_path)
     writer.emit("rcpt_rejected", **sample("rcpt_rejected", client_ip="192.0.2.1",
                                               rcpt="<a\nb@example.org>"))
     writer.emit("rcpt_rejected", **sample("rcpt_rejected", client_ip="192.0.2.2"))
@@ -202,14 +207,7 @@ def test_lone_surrogate_to_stdout_is_escaped_and_later_lines_follow() -> None:
 
 
 def test_lone_surrogate_to_syslog_is_escaped_and_later_lines_follow(tmp_path: Path) -> None:
-    import socket
-
-    path = tmp_path / "log.sock"
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    server.bind(str(path))
-    server.settimeout(5)
-    writer = EventWriter(f"syslog:{path}")
-    writer.start()
+    server, writer = syslog_pair(tmp_path)
     writer.emit("client_blocked", **sample("client_blocked", client_ip="192.0.2.1",
                                            scenario=LONE))
     writer.emit("client_blocked", **sample("client_blocked", client_ip="192.0.2.2",

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from crowdsec_milter.index import address_key
+from crowdsec_milter.decisions import parse_address
 from crowdsec_milter.source import StreamSource
 from lapi_server import FakeLapi
 
@@ -75,7 +75,7 @@ def _steady_bans(lapi: FakeLapi, rnd: random.Random) -> list[str]:
 def test_no_lookup_misses_a_live_ban_during_sweeps_deltas_and_resyncs() -> None:
     rnd = random.Random(10)
     lapi = FakeLapi()
-    probes = [address_key(ip) for ip in _steady_bans(lapi, rnd)]
+    probes = [parse_address(ip) for ip in _steady_bans(lapi, rnd)]
     now = [0.0]
     # resync every fifth pull; every pull advances the clock a minute, so each one sweeps
     src = StreamSource(InProcessLapi(lapi), 10.0, resync_interval=300.0,  # type: ignore[arg-type]

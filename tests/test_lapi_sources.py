@@ -10,15 +10,19 @@ from collections.abc import Callable
 
 import pytest
 from crowdsec_milter import __version__
-from crowdsec_milter.index import address_key
+from crowdsec_milter.decisions import parse_address
 from crowdsec_milter.lapi import LapiClient, LapiError
+from crowdsec_milter.metrics import MilterCollector
 from crowdsec_milter.source import LiveSource, StreamSource
+from crowdsec_milter.tally import Tally
 from lapi_server import FakeLapi, Fault
+from milter_process import metric
+from prometheus_client import CollectorRegistry, generate_latest
 from waiting import eventually
 
 
 def key(ip: str) -> tuple[int, int]:
-    k = address_key(ip)
+    k = parse_address(ip)
     assert k is not None
     return k[0], k[1]
 
@@ -29,8 +33,7 @@ def client(url: str, key_: str = "test-key", timeout: float = 2.0, **kw) -> Lapi
 
 def test_headers_and_null_lists(fake_lapi: tuple[FakeLapi, str]) -> None:
     lapi, url = fake_lapi
-    answer = client(url).stream(startup=True)
-    assert answer.new == [] and answer.deleted == []
+    assert list(client(url).stream_items(True)) == []  # LAPI's null lists: nothing
     _, query, headers = lapi.requests[-1]
     assert query["startup"] == ["true"]
     assert headers["X-Api-Key"] == "test-key"
@@ -56,7 +59,7 @@ def test_faults_become_one_lapi_error(fake_lapi: tuple[FakeLapi, str], fault: Fa
     lapi, url = fake_lapi
     lapi.fault = fault
     with pytest.raises(LapiError) as err:
-        client(url, timeout=0.3).stream(startup=False)
+        list(client(url, timeout=0.3).stream_items(False))
     assert err.value.kind == kind
     assert "test-key" not in str(err.value)
 
@@ -64,7 +67,7 @@ def test_faults_become_one_lapi_error(fake_lapi: tuple[FakeLapi, str], fault: Fa
 def test_wrong_key_is_auth_error_without_the_key(fake_lapi: tuple[FakeLapi, str]) -> None:
     _, url = fake_lapi
     with pytest.raises(LapiError) as err:
-        client(url, key_="secret-wrong-key").stream(startup=True)
+        list(client(url, key_="secret-wrong-key").stream_items(True))
     assert err.value.kind == "auth" and "secret-wrong-key" not in str(err.value)
 
 
@@ -76,7 +79,7 @@ def test_a_key_that_is_no_header_value_never_reaches_the_error_text(
     header value, and that must not carry the key into a log line."""
     _, url = fake_lapi
     c = client(url, bad_key)
-    for call in (lambda: c.query("192.0.2.1"), lambda: c.stream(startup=True),
+    for call in (lambda: c.query("192.0.2.1"), lambda: list(c.stream_items(True)),
                  lambda: list(c.active_decisions())):
         with pytest.raises(LapiError) as err:
             call()
@@ -87,7 +90,7 @@ def test_a_key_that_is_no_header_value_never_reaches_the_error_text(
 
 def test_unreachable_lapi_is_a_connect_error() -> None:
     with pytest.raises(LapiError) as err:
-        client("http://127.0.0.1:9/").stream(startup=True)
+        list(client("http://127.0.0.1:9/").stream_items(True))
     assert err.value.kind == "connect"
 
 
@@ -95,7 +98,7 @@ def test_oversized_answer_is_refused(fake_lapi: tuple[FakeLapi, str]) -> None:
     lapi, url = fake_lapi
     lapi.fault = Fault(body=b'{"new": [' + b'{"x": 1},' * 20000 + b'{}]}')
     with pytest.raises(LapiError) as err:
-        client(url, max_bytes=100_000).stream(startup=True)
+        list(client(url, max_bytes=100_000).stream_items(True))
     assert err.value.kind == "too_large"
 
 
@@ -167,7 +170,7 @@ def test_bad_decisions_are_skipped_rest_used(fake_lapi: tuple[FakeLapi, str]) ->
     assert len(src.index) == 1  # the negative-duration one is never stored
     assert [d.id for d in src.lookup(*key("203.0.113.7"), "")] == [good]
     assert src.lookup(*key("198.51.100.1"), "") == []
-    assert src.stats.bad_decisions == 5  # 3 bad values, 1 absurd, 1 negative duration
+    assert src.stats().bad_decisions == 5  # 3 bad values, 1 absurd, 1 negative duration
 
 
 def test_hard_deleted_decision_goes_at_resync(fake_lapi: tuple[FakeLapi, str]) -> None:
@@ -240,6 +243,27 @@ def test_live_cache_never_outlives_the_ban(fake_lapi: tuple[FakeLapi, str]) -> N
     assert lapi.count("/v1/decisions") == 2
 
 
+def test_live_answers_read_as_a_pull_would_and_count_bad_decisions(
+        fake_lapi: tuple[FakeLapi, str]) -> None:
+    """A live answer gives what a stream pull of the same decisions would hold: values in
+    canonical form, most severe first; an unusable decision in it is skipped and counted
+    in the metrics, as in stream mode."""
+    lapi, url = fake_lapi
+    lapi.add("203.0.113.77/24", scope="Range", type_="captcha")
+    ban = lapi.add("203.0.113.7")
+    lapi.add("203.0.113.0/25", scope="Range", duration="forever")  # not a Go duration
+    lapi.add("2001:DB8:0::1")
+    src = LiveSource(client(url), 60.0, timeout=2.0)
+    found = src.lookup(*key("203.0.113.7"), "203.0.113.7")
+    assert [(d.id, d.type, d.value) for d in found or []] == [
+        (ban, "ban", "203.0.113.7"), (ban - 1, "captcha", "203.0.113.0/24")]
+    assert [d.value for d in src.lookup(*key("2001:db8::1"), "2001:db8::1") or []] == \
+        ["2001:db8::1"]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MilterCollector(Tally(), src, None))  # type: ignore[arg-type]
+    assert metric(generate_latest(registry).decode(), "crowdsec_milter_bad_decisions_total") == 1
+
+
 def test_live_concurrent_lookups_of_one_ip_make_one_request(
         fake_lapi: tuple[FakeLapi, str]) -> None:
     lapi, url = fake_lapi
@@ -291,7 +315,7 @@ def test_drip_fed_live_lookup_ends_at_the_timeout(fake_lapi: tuple[FakeLapi, str
     done, result = _within(4 * 0.5, lambda: src.lookup(*key("203.0.113.7"), "203.0.113.7"))
     assert done, "live lookup still waiting on a drip-fed answer after 4x --lapi-timeout"
     assert result is None and not src.usable
-    assert src.errors == {"timeout": 1}
+    assert src.stats().errors == {"timeout": 1}
 
 
 def test_drip_fed_stream_pull_has_its_own_bound(fake_lapi: tuple[FakeLapi, str]) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 from lapi_server import FakeLapi, Fault
-from milter_process import EXE, MilterProcess, Mta, free_port, metric, scrape
+from milter_process import EXE, MilterProcess, Mta, metric, scrape
+from ports import free_port
 from waiting import eventually
 
 
@@ -154,7 +155,7 @@ def test_tools_ask_only_what_cannot_move_a_slow_milters_cursor(
 def test_usage_metrics_payload_follows_the_lapi_contract(fake_lapi) -> None:
     from crowdsec_milter.lapi import LapiClient
     from crowdsec_milter.source import StreamSource
-    from crowdsec_milter.tally import Tally
+    from crowdsec_milter.tally import SESSIONS, Tally, blocked
     from crowdsec_milter.usage import UsagePusher
 
     lapi, url = fake_lapi
@@ -164,9 +165,9 @@ def test_usage_metrics_payload_follows_the_lapi_contract(fake_lapi) -> None:
     assert source.pull_once()
     tally = Tally()
     for _ in range(5):
-        tally.inc("sessions")
-    tally.inc("blocked", "ban", "crowdsec", "connect", "reject", n=2)
-    tally.inc("blocked", "ban", "crowdsec", "connect", "none")  # dry run: not dropped
+        tally.inc(SESSIONS)
+    tally.inc(blocked("ban", "crowdsec", "connect", "reject"), n=2)
+    tally.inc(blocked("ban", "crowdsec", "connect", "none"))  # dry run: not dropped
     pusher = UsagePusher(client, tally, source, interval=60)
     assert pusher.push_once()
     doc = lapi.usage_posts[-1]
@@ -179,7 +180,7 @@ def test_usage_metrics_payload_follows_the_lapi_contract(fake_lapi) -> None:
     assert items[("dropped", (("origin", "crowdsec"), ("remediation", "ban")))]["value"] == 2
     assert items[("processed", ())]["value"] == 5
     assert items[("active_decisions", ())]["value"] == 1
-    tally.inc("sessions")
+    tally.inc(SESSIONS)
     assert pusher.push_once()
     items = {i["name"]: i for i in lapi.usage_posts[-1]["remediation_components"][0]
              ["metrics"][0]["items"]}

@@ -2,67 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import Milter
 import pytest
-from crowdsec_milter.events import EventWriter
-from crowdsec_milter.policy import Action, Policy, Stage
-from crowdsec_milter.session import SessionContext, session_class
+from crowdsec_milter.policy import Action, Stage
 from crowdsec_milter.settings import Settings
 from eventschema import read_events
+from helpers import IndexSource, ctx_for, make, started_writer
 from Milter.testctx import TestCtx as MilterTestCtx
-from test_policy import IndexSource, make
-
-
-class Ctx(MilterTestCtx):
-    """pymilter's TestCtx, driven callback by callback as an MTA does; NOREPLY (a callback
-    negotiated as no-reply) reads as CONTINUE, which is what the MTA assumes."""
-
-    def _connect(self, host: str = "localhost", helo: str = "client.example",
-                 ip: str = "192.0.2.1") -> int:
-        self._negotiate()
-        self._stage = Milter.M_CONNECT
-        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-        rc = Milter.connect_callback(self, host, family, (ip, 25))
-        self._stage = None
-        rc = Milter.CONTINUE if rc == Milter.NOREPLY else rc
-        if rc != Milter.CONTINUE:
-            return rc
-        return self._helo(helo)
-
-    def getsymval(self, name: str) -> str | None:
-        # libmilter keeps the macros of earlier stages (j from connect is there at RCPT,
-        # seen with Postfix 3.7); pymilter's TestCtx hides all but the stage's symlist.
-        return self._macros.get(name)
-
-    def _call(self, stage: int, name: str, *args: str) -> int:
-        self._stage = stage
-        rc = getattr(self._priv, name)(*args)
-        self._stage = None
-        return Milter.CONTINUE if rc == Milter.NOREPLY else rc
-
-    def _helo(self, helo: str) -> int:
-        return self._call(Milter.M_HELO, "hello", helo)
-
-    def _envfrom(self, *s: str) -> int:
-        return self._call(Milter.M_ENVFROM, "envfrom", *s)
-
-    def _envrcpt(self, s: str) -> int:
-        return self._call(Milter.M_ENVRCPT, "envrcpt", s)
-
-    def _data(self) -> int:
-        return self._call(Milter.M_DATA, "data")
-
-
-def ctx_for(stage: Stage, policy: Policy, events: EventWriter | None = None) -> Ctx:
-    # TestCtx negotiates in place on a class-level list: give each test a fresh offer of
-    # every protocol bit, as an MTA would make.
-    MilterTestCtx.default_opts = [Milter.CURR_ACTS, 0x1FFFFF, 0, 0]
-    ctx = Ctx()
-    Milter.factory = session_class(SessionContext(policy=policy, stage=stage, events=events))
-    return ctx
 
 
 def banned_source() -> IndexSource:
@@ -86,14 +34,8 @@ def test_banned_client_is_rejected_at_the_configured_stage(stage: Stage) -> None
     assert ctx._reply == ("550", "5.7.1", "203.0.113.7 is blocked by CrowdSec")
 
 
-def writer_at(tmp_path: Path) -> EventWriter:
-    writer = EventWriter(str(tmp_path / "events.log"))
-    writer.start()
-    return writer
-
-
 def test_clean_client_passes_every_stage_and_is_accepted_at_data(tmp_path: Path) -> None:
-    writer = writer_at(tmp_path)  # the sensor needs every recipient
+    writer = started_writer(tmp_path / "events.log")  # the sensor needs every recipient
     ctx = ctx_for(Stage.RCPT, make(banned_source()), writer)
     assert ctx._connect(ip="192.0.2.1") == Milter.CONTINUE
     assert ctx._envfrom("<a@b.example>") == Milter.CONTINUE
@@ -138,7 +80,7 @@ def test_captcha_range_tempfails_and_ipv6_mapped_matches() -> None:
 
 
 def test_drop_sets_421() -> None:
-    ctx = ctx_for(Stage.HELO, make(banned_source(), actions={"ban": Action.DROP}))
+    ctx = ctx_for(Stage.HELO, make(banned_source(), actions=(("ban", Action.DROP),)))
     assert ctx._connect(ip="203.0.113.7") == Milter.TEMPFAIL
     assert ctx._reply[0] == "421"
 
@@ -147,7 +89,7 @@ def test_dry_run_lets_banned_clients_through(tmp_path: Path) -> None:
     ctx = ctx_for(Stage.CONNECT, make(banned_source(), dry_run=True))
     assert ctx._connect(ip="203.0.113.7") == Milter.ACCEPT  # bouncer only: nothing later
     assert ctx._reply is None
-    writer = writer_at(tmp_path)
+    writer = started_writer(tmp_path / "events.log")
     ctx = ctx_for(Stage.CONNECT, make(banned_source(), dry_run=True), writer)
     assert ctx._connect(ip="203.0.113.7") == Milter.CONTINUE  # the sensor goes on
     assert ctx._reply is None
@@ -156,7 +98,7 @@ def test_dry_run_lets_banned_clients_through(tmp_path: Path) -> None:
 
 def test_only_the_deciding_callback_expects_a_reply(tmp_path: Path) -> None:
     src = banned_source()
-    writer = writer_at(tmp_path)
+    writer = started_writer(tmp_path / "events.log")
     no_reply_bits = Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_RCPT
     for stage, replying in ((Stage.CONNECT, Milter.P_NR_CONN), (Stage.RCPT, Milter.P_NR_RCPT)):
         ctx = ctx_for(stage, make(src), writer)
@@ -178,7 +120,7 @@ def test_only_the_deciding_callback_expects_a_reply(tmp_path: Path) -> None:
 
 def test_sensor_asks_for_mail_when_the_mta_cannot_send_the_sender_with_rcpt(
         tmp_path: Path) -> None:
-    writer = writer_at(tmp_path)
+    writer = started_writer(tmp_path / "events.log")
     ctx = ctx_for(Stage.CONNECT, make(banned_source()), writer)
     MilterTestCtx.default_opts = [Milter.CURR_ACTS & ~Milter.SETSYMLIST, 0x1FFFFF, 0, 0]
     ctx._negotiate()
@@ -215,8 +157,7 @@ def test_internal_error_never_escapes(on_error: Action, expected: int) -> None:
 
 def test_rejected_recipients_become_events(tmp_path: Path) -> None:
     path = tmp_path / "events.log"
-    writer = EventWriter(str(path))
-    writer.start()
+    writer = started_writer(path)
     ctx = ctx_for(Stage.CONNECT, make(IndexSource()), writer)
     ctx._setsymval("j", "mx1.example.org")
     ctx._setsymval("i", "4ABC123")
@@ -246,8 +187,7 @@ def test_sender_of_events_comes_with_the_rcpt_macros(tmp_path: Path) -> None:
     """MAIL is not asked for: the sender field comes from {mail_addr} at RCPT, spelled as
     the MAIL argument was (in angle brackets, <> for the null sender)."""
     path = tmp_path / "events.log"
-    writer = EventWriter(str(path))
-    writer.start()
+    writer = started_writer(path)
     for sender, shown in (("spam@example.net", "<spam@example.net>"), ("", "<>"),
                           ('"odd name"@example.net', '<"odd name"@example.net>')):
         ctx = ctx_for(Stage.CONNECT, make(IndexSource()), writer)
@@ -264,8 +204,7 @@ def test_sender_of_events_comes_with_the_rcpt_macros(tmp_path: Path) -> None:
 
 def test_blocked_client_becomes_one_event(tmp_path: Path) -> None:
     path = tmp_path / "events.log"
-    writer = EventWriter(str(path))
-    writer.start()
+    writer = started_writer(path)
     ctx = ctx_for(Stage.RCPT, make(banned_source()), writer)
     ctx._connect(ip="203.0.113.7", helo="evil")
     ctx._envfrom("<a@b>")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from eventschema import read_events
 from lapi_server import FakeLapi, Fault
-from milter_process import MilterProcess, Mta, free_port, scrape
+from milter_process import MilterProcess, Mta, scrape
+from ports import free_port
 from waiting import eventually
 
 

@@ -20,23 +20,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import Milter
 
 from . import __version__
-from .cli import ConfigError, load
-from .events import EventWriter
-from .lapi import LapiClient
-from .metrics import MetricsServer, MilterCollector
 from .notify import Notifier
-from .policy import Policy
-from .session import SessionContext, session_class
-from .settings import Settings
-from .source import LiveSource, StreamSource
-from .tally import Tally
-from .usage import UsagePusher
+from .session import session_class
+from .settings import RESTART_ONLY, ConfigError, Settings
+from .wiring import Parts, StartError, build, make_context
 
 log = logging.getLogger("crowdsec_milter")
 STOP_GRACE = 0.5  # seconds stop waits at most for commands the MTA already sent
@@ -209,89 +201,13 @@ def setup_logging(level: str, fmt: str) -> None:
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
-class StartError(Exception):
-    """A part that cannot start (the metrics port is taken); the message names it."""
-
-
-@dataclass
-class Parts:
-    client: LapiClient
-    source: StreamSource | LiveSource
-    policy: Policy
-    events: EventWriter | None
-    context: SessionContext
-    metrics: MetricsServer | None = None
-    usage: UsagePusher | None = None
-    activity: Activity = dataclasses.field(default_factory=Activity)
-
-
-def make_client(settings: Settings) -> LapiClient:
-    cert = (settings.lapi_cert, settings.lapi_key) if settings.lapi_cert else None
-    return LapiClient(settings.lapi_url, settings.api_key or None, settings.lapi_timeout,
-                      verify=settings.lapi_ca or True, cert=cert)  # type: ignore[arg-type]
-
-
-def make_policy(settings: Settings, source: StreamSource | LiveSource, tally: Tally) -> Policy:
-    return Policy(
-        source,
-        actions=settings.action_map,
-        default_action=settings.default_action,
-        replies=settings.replies,
-        unavailable_reply=settings.unavailable_reply,
-        on_lapi_error=settings.on_lapi_error,
-        trusted=settings.trusted_networks,
-        dry_run=settings.dry_run,
-        tally=tally,
-    )
-
-
-def build(settings: Settings) -> Parts:
-    """Every runtime part, from the settings alone."""
-    client = make_client(settings)
-    source: StreamSource | LiveSource
-    if settings.mode == "stream":
-        source = StreamSource(client, settings.update_frequency,
-                              resync_interval=settings.resync_interval)
-    else:
-        source = LiveSource(client, settings.cache_ttl, timeout=settings.lapi_timeout,
-                            maxsize=settings.cache_size)
-    tally = Tally()
-    policy = make_policy(settings, source, tally)
-    events = None
-    if settings.event_log != "none":
-        events = EventWriter(settings.event_log, maxsize=settings.event_queue)
-    context = SessionContext(policy=policy, stage=settings.stage, events=events, tally=tally,
-                             always_allow_rcpt=settings.always_allow_rcpt,
-                             exempt_authenticated=settings.exempt_authenticated,
-                             trap_rcpt=settings.trap_rcpt)
-    metrics = None
-    if settings.metrics_listen is not None:
-        host, port = settings.metrics_listen
-        try:
-            metrics = MetricsServer(host, port, MilterCollector(tally, source, events),
-                                    lambda: source.usable)
-        except OSError as exc:  # a busy port, an address this host does not have
-            client.close()
-            shown = f"[{host}]" if ":" in host else host
-            raise StartError(f"--metrics-listen {shown}:{port}: cannot listen: "
-                             f"{exc.strerror or exc}") from exc
-    usage = None
-    if settings.usage_metrics_interval > 0:
-        usage = UsagePusher(client, tally, source, settings.usage_metrics_interval)
-    return Parts(client, source, policy, events, context, metrics, usage)
-
-
-# What SIGHUP can change; the rest needs a restart (new socket, LAPI, key or mode).
-_RESTART_ONLY = ("socket", "lapi_url", "api_key", "mode", "lapi_ca", "lapi_cert", "lapi_key",
-                 "event_log", "metrics_listen", "update_frequency", "cache_ttl", "cache_size",
-                 "lapi_timeout", "resync_interval", "usage_metrics_interval")
-
-
-def reload(parts: Parts, old: Settings, argv: list[str]) -> Settings:
-    """Re-read flags and config file; apply what can change live; keep the old settings
-    when the new ones are bad. Sessions and decisions are untouched."""
+def reload(parts: Parts, activity: Activity, old: Settings,
+           load: Callable[[], Settings]) -> Settings:
+    """Re-read the settings with `load` (flags, variables and config file again); apply
+    what can change live; keep the old settings when the new ones are bad. Sessions and
+    decisions are untouched."""
     try:
-        new = load(argv)
+        new = load()
     except ConfigError as exc:
         log.error("reload refused, keeping the running config: %s", exc)
         return old
@@ -299,19 +215,15 @@ def reload(parts: Parts, old: Settings, argv: list[str]) -> Settings:
         log.error("reload refused, keeping the running config: %s: %s",
                   type(exc).__name__, exc)
         return old
-    ignored = [n for n in _RESTART_ONLY if getattr(new, n) != getattr(old, n)]
+    ignored = [n for n in RESTART_ONLY if getattr(new, n) != getattr(old, n)]
     if ignored:
         log.warning("reload: %s change(s) need a restart; not applied",
                     ", ".join("--" + n.replace("_", "-") for n in ignored))
-    context = SessionContext(
-        policy=make_policy(new, parts.source, parts.context.tally), stage=new.stage,
-        events=parts.events, tally=parts.context.tally,
-        always_allow_rcpt=new.always_allow_rcpt,
-        exempt_authenticated=new.exempt_authenticated, trap_rcpt=new.trap_rcpt)
+    context = make_context(new, parts.source, parts.context.tally, parts.events)
     parts.context = context
     parts.policy = context.policy
     # new connections get it; open ones finish as they are
-    Milter.factory = tracked(session_class(context), parts.activity)
+    Milter.factory = tracked(session_class(context), activity)
     logging.getLogger().setLevel(new.log_level.upper())
     log.info("reloaded: stage=%s actions=%s trusted=%d dry_run=%s", new.stage,
              ",".join(f"{k}={v}" for k, v in new.actions), len(new.trusted_networks),
@@ -320,9 +232,10 @@ def reload(parts: Parts, old: Settings, argv: list[str]) -> Settings:
     return dataclasses.replace(new, **kept)
 
 
-def run(settings: Settings, argv: list[str] | None = None) -> int:
+def run(settings: Settings, load: Callable[[], Settings]) -> int:
     """Run the milter until SIGTERM or SIGINT; exit status 0, or 1 if libmilter failed or a
-    part could not start (a busy metrics port: one log line, no traceback)."""
+    part could not start (a busy metrics port: one log line, no traceback). SIGHUP reads
+    new settings with `load` (the caller's own parsing, so this module needs no CLI)."""
     setup_logging(settings.log_level, settings.log_format)
     try:
         parts = build(settings)
@@ -334,20 +247,15 @@ def run(settings: Settings, argv: list[str] | None = None) -> int:
              " dry-run" if settings.dry_run else "")
     notifier = Notifier()
     readiness = Readiness(notifier, settings)
-    if parts.events is not None:
-        parts.events.start()
-    if isinstance(parts.source, StreamSource):
-        parts.source.on_pull = readiness.on_pull
-        parts.source.start()
-    if parts.usage is not None:
-        parts.usage.start()
+    parts.source.on_pull = readiness.on_pull
+    parts.start()
     if parts.metrics is not None:
-        parts.metrics.start()
         host = settings.metrics_listen[0]
         log.info("metrics and /health on %s:%d", f"[{host}]" if ":" in host else host,
                  parts.metrics.port)
 
-    Milter.factory = tracked(session_class(parts.context), parts.activity)
+    activity = Activity()
+    Milter.factory = tracked(session_class(parts.context), activity)
     Milter.set_flags(0)  # we never modify messages
     failed = threading.Event()
     done = threading.Event()
@@ -383,8 +291,7 @@ def run(settings: Settings, argv: list[str] | None = None) -> int:
     thread.start()
 
     def alive() -> bool:
-        puller = not isinstance(parts.source, StreamSource) or parts.source.running
-        return thread.is_alive() and puller
+        return thread.is_alive() and parts.source.alive
 
     notifier.start_watchdog(alive)
     while not stop.is_set() and not done.is_set():
@@ -392,24 +299,16 @@ def run(settings: Settings, argv: list[str] | None = None) -> int:
         stop.wait(0.05 if notifier.enabled and not readiness.sent else 0.2)
         if hup.is_set():
             hup.clear()
-            settings = reload(parts, settings, argv if argv is not None else sys.argv[1:])
+            settings = reload(parts, activity, settings, load)
     notifier.stopping()
     if not done.is_set():
         # Commands the MTA sent just before the signal may still sit in our sockets (it
         # does not wait for no-reply callbacks): let them run before libmilter stops.
-        if not parts.activity.wait_quiet(STOP_QUIET, STOP_GRACE):
+        if not activity.wait_quiet(STOP_QUIET, STOP_GRACE):
             log.info("stopping with callbacks still coming in")
         stop_libmilter(settings.socket)
         done.wait(10.0)
-    if isinstance(parts.source, StreamSource):
-        parts.source.stop()
-    if parts.events is not None:
-        parts.events.stop()
-    if parts.metrics is not None:
-        parts.metrics.stop()
-    if parts.usage is not None:
-        parts.usage.stop()
-    parts.client.close()
+    parts.stop()
     notifier.close()
     log.info("stopped")
     return 1 if failed.is_set() else 0

@@ -20,7 +20,7 @@ import httpx
 from . import __version__
 from .lapi import header_safe
 from .policy import Action, Reply, Stage, parse_networks
-from .settings import Settings
+from .settings import ConfigError, Settings
 
 PROG = "crowdsec-milter"
 ENV_PREFIX = "CROWDSEC_MILTER_"
@@ -52,10 +52,6 @@ _COMMANDS = {
                "0, or 2 with one line when the settings are bad. Asks LAPI nothing.",
                None),
 }
-
-
-class ConfigError(Exception):
-    """A setting that cannot be used; the message names it."""
 
 
 class _Parser(configargparse.ArgParser):
@@ -305,7 +301,6 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
         socket=check_socket(args.socket),
         lapi_url=check_url(args.lapi_url),
         api_key=read_api_key(args),
-        config_file=args.config_file,
         mode=args.mode,
         update_frequency=_positive("update-frequency", args.update_frequency),
         resync_interval=_positive("resync-interval", args.resync_interval),
@@ -450,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = parse(argv)
     from .app import run  # imported late: --help and bad flags need no pymilter
 
-    return run(settings, argv)
+    return run(settings, lambda: load(argv))
 
 
 if __name__ == "__main__":

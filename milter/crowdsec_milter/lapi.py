@@ -20,7 +20,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpcore
@@ -122,14 +121,6 @@ class LapiError(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
-
-
-@dataclass(frozen=True)
-class StreamAnswer:
-    """The `new` and `deleted` lists of one stream pull (LAPI's `null` becomes empty)."""
-
-    new: list[Any]
-    deleted: list[Any]
 
 
 class LapiClient:
@@ -274,13 +265,6 @@ class LapiClient:
             raise LapiError("timeout", f"LAPI did not answer within {self._timeout:g}s") from exc
         except httpx.HTTPError as exc:
             raise LapiError("connect", f"LAPI unreachable: {type(exc).__name__}") from exc
-
-    def stream(self, startup: bool) -> StreamAnswer:
-        """One pull of /v1/decisions/stream; `startup` asks for every active decision."""
-        lists: dict[str, list[Any]] = {"new": [], "deleted": []}
-        for key, item in self.stream_items(startup):
-            lists[key].append(item)
-        return StreamAnswer(new=lists["new"], deleted=lists["deleted"])
 
     def stream_items(self, startup: bool) -> Iterator[tuple[str, Any]]:
         """One pull, as ("new" | "deleted", decision) pairs read while the body arrives,

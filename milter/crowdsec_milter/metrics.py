@@ -17,8 +17,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .source import LiveSource, StreamSource
-from .tally import Tally
+from .source import Source
+from .tally import ERRORS, SESSIONS, Tally
 
 log = logging.getLogger("crowdsec_milter.metrics")
 P = "crowdsec_milter_"
@@ -27,7 +27,7 @@ P = "crowdsec_milter_"
 class MilterCollector:
     """Reads the running parts' counters at scrape time."""
 
-    def __init__(self, tally: Tally, source: StreamSource | LiveSource,
+    def __init__(self, tally: Tally, source: Source,
                  events: Any | None, clock: Callable[[], float] = time.monotonic) -> None:
         self._tally = tally
         self._source = source
@@ -37,7 +37,7 @@ class MilterCollector:
     def collect(self) -> Iterator[Metric]:
         snap = self._tally.snapshot()
         sessions = CounterMetricFamily(P + "sessions", "SMTP sessions seen (milter connects)")
-        sessions.add_metric([], snap.get(("sessions",), 0))
+        sessions.add_metric([], snap.get(SESSIONS, 0))
         yield sessions
         blocks = CounterMetricFamily(P + "blocks", "Clients answered because of a decision",
                                      labels=["type", "origin", "stage", "action"])
@@ -47,17 +47,17 @@ class MilterCollector:
                                    "Recipients the MTA rejected, seen as events",
                                    labels=["status"])
         for key, value in snap.items():
-            if key[0] == "blocked":
-                blocks.add_metric(list(key[1:]), value)
-            elif key[0] == "lookup":
-                lookups.add_metric([key[1]], value)
-            elif key[0] == "rcpt_rejected":
-                rcpt.add_metric([key[1]], value)
+            if key.kind == "blocked":
+                blocks.add_metric([key.type, key.origin, key.stage, key.action], value)
+            elif key.kind == "lookup":
+                lookups.add_metric([key.result], value)
+            elif key.kind == "rcpt_rejected":
+                rcpt.add_metric([key.result], value)
         yield blocks
         yield lookups
         yield rcpt
         errors = CounterMetricFamily(P + "internal_errors", "Exceptions caught in callbacks")
-        errors.add_metric([], snap.get(("error",), 0))
+        errors.add_metric([], snap.get(ERRORS, 0))
         yield errors
         yield from self._source_metrics()
         if self._events is not None:
@@ -70,44 +70,40 @@ class MilterCollector:
             yield dropped
 
     def _source_metrics(self) -> Iterator[Metric]:
-        src = self._source
+        stats = self._source.stats()
         req = CounterMetricFamily(P + "lapi_requests", "Requests made to LAPI", labels=["mode"])
+        req.add_metric([stats.mode], stats.requests)
         err = CounterMetricFamily(P + "lapi_errors", "LAPI requests that failed",
                                   labels=["kind"])
+        for kind, n in stats.errors.items():
+            err.add_metric([kind], n)
         usable = GaugeMetricFamily(P + "source_usable",
                                    "1 when decisions can be had (synced, or LAPI answering)")
-        usable.add_metric([], 1.0 if src.usable else 0.0)
-        if isinstance(src, StreamSource):
-            req.add_metric(["stream"], src.stats.pulls)
-            for kind, n in src.stats.errors.items():
-                err.add_metric([kind], n)
+        usable.add_metric([], 1.0 if stats.usable else 0.0)
+        bad = CounterMetricFamily(P + "bad_decisions", "Decisions from LAPI skipped as unusable")
+        bad.add_metric([], stats.bad_decisions)
+        yield bad
+        if stats.held is not None:  # a source that holds decisions pulls them
             held = GaugeMetricFamily(P + "decisions", "Decisions held in memory",
                                      labels=["scope", "family"])
-            for (scope, family), n in src.index.counts().items():
+            for (scope, family), n in stats.held.items():
                 held.add_metric([scope, f"ipv{family}"], n)
             yield held
             since = GaugeMetricFamily(P + "seconds_since_last_pull",
                                       "Seconds since the last successful stream pull")
-            last = src.stats.last_good
+            last = stats.last_good
             since.add_metric([], float("inf") if last is None else self._clock() - last)
             yield since
-            bad = CounterMetricFamily(P + "bad_decisions",
-                                      "Decisions from LAPI skipped as unusable")
-            bad.add_metric([], src.stats.bad_decisions)
-            yield bad
-        else:
-            req.add_metric(["live"], src.requests)
-            for kind, n in src.errors.items():
-                err.add_metric([kind], n)
+        if stats.cache_hits is not None:
             hits = CounterMetricFamily(P + "cache_hits", "Live lookups answered from the cache")
-            hits.add_metric([], src.cache_hits)
+            hits.add_metric([], stats.cache_hits)
             yield hits
             entries = GaugeMetricFamily(P + "cache_entries",
                                         "Live answers held in the cache (at most cache_size)")
-            entries.add_metric([], src.cache_entries)
+            entries.add_metric([], stats.cache_entries or 0)
             yield entries
             size = GaugeMetricFamily(P + "cache_size", "The live cache's bound (--cache-size)")
-            size.add_metric([], src.cache_size)
+            size.add_metric([], stats.cache_size or 0)
             yield size
         yield req
         yield err

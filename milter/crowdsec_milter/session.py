@@ -21,7 +21,7 @@ import Milter
 from .events import EventWriter, clean_text
 from .policy import Action, Policy, Stage, Verdict
 from .protocol import Request, request
-from .tally import Tally
+from .tally import ERRORS, SESSIONS, Tally, blocked, rcpt_rejected, rcpt_trap
 
 log = logging.getLogger("crowdsec_milter.session")
 
@@ -126,7 +126,7 @@ class Session(Milter.Base):
 
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         self.__init__()  # type: ignore[misc]  # a new connect (after XCLIENT) is a new client
-        self.context.tally.inc("sessions")
+        self.context.tally.inc(SESSIONS)
         self.ip = _addr(family, hostaddr)
         self.client_name = hostname or ""
         return self._at(Stage.CONNECT, rcpt="")
@@ -192,7 +192,7 @@ class Session(Milter.Base):
             self.setreply(code, xcode, text)
             return _RESULT[verdict.action]
         except Exception:
-            self.context.tally.inc("error")
+            self.context.tally.inc(ERRORS)
             log.exception("internal error deciding on client %s", clean_text(self.ip, 64))
             return self._fallback()
 
@@ -219,10 +219,10 @@ class Session(Milter.Base):
         decision = verdict.decision
         dtype = decision.type if decision else ""
         action = "exempt" if exempt else str(verdict.action)
-        self.context.tally.inc("blocked", dtype or verdict.reason,
-                               decision.origin if decision else "", str(stage),
-                               "exempt" if exempt else
-                               str(verdict.action) if verdict.enforce else "none")
+        self.context.tally.inc(blocked(dtype or verdict.reason,
+                                       decision.origin if decision else "", str(stage),
+                                       "exempt" if exempt else
+                                       str(verdict.action) if verdict.enforce else "none"))
         if exempt:
             head = f"exempt (authenticated as {clean_text(self.auth_user, 64)}, would " \
                    f"{verdict.action if verdict.enforce else 'not block'})"
@@ -253,7 +253,7 @@ class Session(Milter.Base):
 
     def _rcpt_rejected(self, to: str) -> None:
         status = self._macro("{rcpt_host}")
-        self.context.tally.inc("rcpt_rejected", status[:1] + "xx" if status else "unknown")
+        self.context.tally.inc(rcpt_rejected(status[:1] + "xx" if status else "unknown"))
         if self.context.events is None:
             return
         self.context.events.emit(
@@ -265,7 +265,7 @@ class Session(Milter.Base):
 
     def _rcpt_trap(self, to: str, accepted: bool) -> None:
         """A RCPT to a spam trap, whatever the MTA answered (`accepted`)."""
-        self.context.tally.inc("rcpt_trap", "accepted" if accepted else "rejected")
+        self.context.tally.inc(rcpt_trap("accepted" if accepted else "rejected"))
         log.info("trap recipient client=%s rcpt=%s accepted=%s", clean_text(self.ip, 64),
                  clean_text(to, 256), "yes" if accepted else "no")
         if self.context.events is None:

@@ -2,7 +2,9 @@
 
 `StreamSource` keeps every decision in memory and pulls deltas in a background thread;
 `LiveSource` asks LAPI per address and caches the answer. Both answer `lookup` with a list
-of unexpired decisions, or None while no decision can be had (then `--on-lapi-error` rules).
+of unexpired decisions, or None while no decision can be had (then `--on-lapi-error` rules),
+and both show the rest of the milter the same small surface: `start`, `stop`, `usable` and
+`stats()`, one `SourceStats` record for metrics and usage.
 """
 
 from __future__ import annotations
@@ -16,29 +18,72 @@ from typing import Any, Protocol
 
 from cachetools import TLRUCache
 
-from .decisions import Decision, DecisionError, parse_decision, parse_ipv4_fast
+from .decisions import (
+    Decision,
+    DecisionError,
+    Network,
+    network_text,
+    parse_decision,
+    parse_ipv4_fast,
+)
 from .index import DecisionIndex
 from .lapi import LapiClient, LapiError
 
 log = logging.getLogger("crowdsec_milter.source")
 
 
-class DecisionSource(Protocol):
-    def lookup(self, family: int, number: int, text: str) -> list[Decision] | None: ...
+@dataclass(frozen=True)
+class SourceStats:
+    """One reading of a decision source, the same record from either source: metrics and
+    usage read it without asking which source they have. A field that does not apply to
+    a source is None (then no metric is made of it)."""
+
+    mode: str  # "stream" or "live": the label of the LAPI request count
+    usable: bool
+    requests: int  # stream pulls or live queries made
+    errors: dict[str, int]  # failed requests by LapiError kind
+    bad_decisions: int  # decisions from LAPI skipped as unusable
+    active: int  # decisions held in memory (a live source holds none)
+    held: dict[tuple[str, int], int] | None = None  # by (scope, family), where held
+    last_good: float | None = None  # monotonic time of the last good pull, where pulled
+    cache_hits: int | None = None  # where answers are cached
+    cache_entries: int | None = None
+    cache_size: int | None = None
+
+
+class Source(Protocol):
+    """What the running milter holds: the policy asks `lookup`, /health reads `usable`,
+    metrics and usage read `stats()`, the app starts and stops it, hears of each pull
+    through `on_pull` and asks the watchdog's question, `alive`."""
+
+    on_pull: Callable[[bool, int], None] | None
 
     @property
     def usable(self) -> bool: ...
 
+    @property
+    def alive(self) -> bool: ...
+
+    def lookup(self, family: int, number: int, text: str) -> list[Decision] | None: ...
+
+    def stats(self) -> SourceStats: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
 
 @dataclass
-class PullStats:
-    """What the puller has done, for the status line, `check` and metrics."""
+class _Counts:
+    """A source's running counters; `stats()` reads them into a SourceStats."""
 
-    pulls: int = 0
-    failures: int = 0
+    requests: int = 0
     last_good: float | None = None
     bad_decisions: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+
+    def failed(self, exc: LapiError) -> None:
+        self.errors[exc.kind] = self.errors.get(exc.kind, 0) + 1
 
 
 class _Counter:
@@ -48,9 +93,21 @@ class _Counter:
         self.bad = 0
         self.first = ""
 
-    def report(self, stats: PullStats) -> None:
+    def parse(self, item: Any, now: float) -> tuple[Decision, Network] | None:
+        """parse_decision, counting an unusable decision instead of raising."""
+        try:
+            parsed = parse_decision(item, now)
+        except DecisionError as exc:
+            self.bad += 1
+            self.first = self.first or str(exc)
+            return None
+        if parsed is None:
+            log.debug("ignoring decision with scope %r", item.get("scope"))
+        return parsed
+
+    def report(self, counts: _Counts) -> None:
         if self.bad:
-            stats.bad_decisions += self.bad
+            counts.bad_decisions += self.bad
             log.warning("skipped %d unusable decision(s) from LAPI; first: %s",
                         self.bad, self.first)
 
@@ -60,16 +117,9 @@ def _add(item: Any, now: float, into: DecisionIndex, count: _Counter) -> None:
         fast = parse_ipv4_fast(item, now)
         if fast is not None and into.add_ipv4(*fast):
             return
-    try:
-        parsed = parse_decision(item, now)
-    except DecisionError as exc:
-        count.bad += 1
-        count.first = count.first or str(exc)
-        return
-    if parsed is None:
-        log.debug("ignoring decision with scope %r", item.get("scope"))
-        return
-    into.add(*parsed)
+    parsed = count.parse(item, now)
+    if parsed is not None:
+        into.add(*parsed)
 
 
 def _delete(item: Any, now: float, index: DecisionIndex) -> int:
@@ -83,32 +133,27 @@ def _delete(item: Any, now: float, index: DecisionIndex) -> int:
     return 1 if parsed is not None and index.remove(parsed[0].id, parsed[1]) else 0
 
 
-def _build(items: list[Any], now: float, into: DecisionIndex, stats: PullStats) -> None:
-    """Add each usable decision to the index; count and log (once per answer) the rest."""
-    count = _Counter()
-    for item in items:
-        _add(item, now, into, count)
-    count.report(stats)
+class _LapiSource:
+    """What both sources keep: the LAPI client, the clock and the running counters."""
+
+    def __init__(self, client: LapiClient, clock: Callable[[], float]) -> None:
+        self._client = client
+        self._clock = clock
+        self._counts = _Counts()
+        # told after each stream pull: (applied, decisions held); systemd's READY and
+        # STATUS. A live source pulls nothing, so never calls it.
+        self.on_pull: Callable[[bool, int], None] | None = None
 
 
-class StreamSource:
+class StreamSource(_LapiSource):
     """All decisions in memory, kept current by pulling /v1/decisions/stream."""
 
-    def __init__(
-        self,
-        client: LapiClient,
-        update_frequency: float,
-        *,
-        resync_interval: float = 3600.0,
-        clock: Callable[[], float] = time.monotonic,
-        on_pull: Callable[[bool, int], None] | None = None,
-    ) -> None:
-        self._client = client
-        # told after each pull: (applied, decisions held); systemd's READY and STATUS
-        self.on_pull = on_pull
+    def __init__(self, client: LapiClient, update_frequency: float, *,
+                 resync_interval: float = 3600.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(client, clock)
         self._every = update_frequency
         self._resync_interval = resync_interval
-        self._clock = clock
         self._index = DecisionIndex()
         self._synced = False
         self._need_startup = True
@@ -120,7 +165,6 @@ class StreamSource:
         self._shrunk_to: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.stats = PullStats()
 
     @property
     def usable(self) -> bool:
@@ -135,6 +179,12 @@ class StreamSource:
             return None
         return self._index.lookup(family, number, self._clock(), False, text)
 
+    def stats(self) -> SourceStats:
+        counts = self._counts
+        return SourceStats("stream", self._synced, counts.requests, dict(counts.errors),
+                           counts.bad_decisions, len(self._index), held=self._index.counts(),
+                           last_good=counts.last_good)
+
     def pull_once(self) -> bool:
         """One pull (a full resync when due or after a failure); False if it failed.
 
@@ -142,39 +192,14 @@ class StreamSource:
         the body, so the next pull after a failure is a full `startup=true` resync.
         """
         now = self._clock()
-        startup = self._need_startup or now - self._last_startup >= self._resync_interval
-        self.stats.pulls += 1
+        self._counts.requests += 1
         try:
-            if startup:
-                log.info("stream resync: pulling every active decision")
-                fresh = DecisionIndex()
-                fresh.shared = False  # nobody reads it yet: grow its arrays in place
-                count = _Counter()
-                # built while the answer arrives; swapped in only once it is all good
-                seen = 0
-                for key, item in self._client.stream_items(True):
-                    if key == "new":
-                        _add(item, now, fresh, count)
-                        seen += 1
-                        if seen % 100_000 == 0:  # a big blocklist takes seconds: say so
-                            log.info("stream resync: %d decisions read so far", seen)
+            if self._need_startup or now - self._last_startup >= self._resync_interval:
+                self._resync(now)
             else:
-                # Applied as it arrives (a blocklist refresh can bring 100k decisions): if
-                # the answer breaks off, the pull fails and the next one is a full resync
-                # that replaces the index, so a half-applied delta never lasts.
-                index = self._index
-                count = _Counter()
-                added = deleted = 0
-                with index.lock:
-                    for key, item in self._client.stream_items(False):
-                        if key == "new":
-                            _add(item, now, index, count)
-                            added += 1
-                        else:
-                            deleted += _delete(item, now, index)
+                self._delta(now)
         except LapiError as exc:
-            self.stats.failures += 1
-            self.stats.errors[exc.kind] = self.stats.errors.get(exc.kind, 0) + 1
+            self._counts.failed(exc)
             self._need_startup = True
             if exc.kind != self._last_error_kind:
                 log.error("stream pull failed (%s): %s; keeping %d decision(s)",
@@ -182,21 +207,6 @@ class StreamSource:
                 self._last_error_kind = exc.kind
             return False
         now = self._clock()
-        if startup:
-            count.report(self.stats)
-            if not self._accept_resync(len(fresh), now):
-                self._need_startup = True  # the next update pulls everything again
-                return True
-            fresh.shared = True
-            self._index = fresh  # swapped whole: readers see the old index or the new one
-            self._last_startup = now
-            self._need_startup = False
-            log.info("stream resync: %d decision(s) held", len(fresh))
-        else:
-            count.report(self.stats)
-            if added or deleted:
-                log.info("stream delta: %d new, %d deleted, %d held", added, deleted,
-                         len(index))
         if now - self._last_sweep >= 60.0:
             with self._index.lock:
                 self._index.expire(now)
@@ -205,8 +215,51 @@ class StreamSource:
             log.info("stream pull works again")
             self._last_error_kind = ""
         self._synced = True
-        self.stats.last_good = now
+        self._counts.last_good = now
         return True
+
+    def _resync(self, now: float) -> None:
+        """Every active decision (`startup=true`) into a new index, built while the answer
+        arrives and swapped in whole once it is all good; LapiError if it is not."""
+        log.info("stream resync: pulling every active decision")
+        fresh = DecisionIndex(private=True)  # nobody reads it yet: grown in place
+        count = _Counter()
+        seen = 0
+        for key, item in self._client.stream_items(True):
+            if key == "new":
+                _add(item, now, fresh, count)
+                seen += 1
+                if seen % 100_000 == 0:  # a big blocklist takes seconds: say so
+                    log.info("stream resync: %d decisions read so far", seen)
+        count.report(self._counts)
+        done = self._clock()
+        if not self._accept_resync(len(fresh), done):
+            self._need_startup = True  # the next update pulls everything again
+            return
+        fresh.publish()
+        self._index = fresh  # swapped whole: readers see the old index or the new one
+        self._last_startup = done
+        self._need_startup = False
+        log.info("stream resync: %d decision(s) held", len(fresh))
+
+    def _delta(self, now: float) -> None:
+        """What changed since the last pull, applied to the index as it arrives (a
+        blocklist refresh can bring 100k decisions); LapiError if the answer breaks off.
+        A half-applied delta never lasts: the failed pull makes the next one a full resync,
+        which replaces the index."""
+        index = self._index
+        count = _Counter()
+        added = deleted = 0
+        with index.lock:
+            for key, item in self._client.stream_items(False):
+                if key == "new":
+                    _add(item, now, index, count)
+                    added += 1
+                else:
+                    deleted += _delete(item, now, index)
+        count.report(self._counts)
+        if added or deleted:
+            log.info("stream delta: %d new, %d deleted, %d held", added, deleted, len(index))
 
     def _accept_resync(self, fresh: int, now: float) -> bool:
         """Whether a full answer of `fresh` decisions may replace those held.
@@ -265,7 +318,7 @@ class StreamSource:
         self._thread.start()
 
     @property
-    def running(self) -> bool:
+    def alive(self) -> bool:
         """The puller thread is alive (the watchdog asks)."""
         return self._thread is not None and self._thread.is_alive()
 
@@ -290,30 +343,20 @@ class _Pending:
         self.result: list[Decision] | None = None
 
 
-class LiveSource:
+class LiveSource(_LapiSource):
     """Ask LAPI per address, cache the answer (ban or clean) for at most `cache_ttl`,
     never past a decision's own expiry, and let concurrent lookups of one address share
     a single request."""
 
-    def __init__(
-        self,
-        client: LapiClient,
-        cache_ttl: float,
-        *,
-        timeout: float,
-        maxsize: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._client = client
+    def __init__(self, client: LapiClient, cache_ttl: float, *, timeout: float,
+                 maxsize: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(client, clock)
         self._ttl = cache_ttl
         self._timeout = timeout
-        self._clock = clock
         self._cache: TLRUCache = TLRUCache(maxsize=maxsize, ttu=self._ttu, timer=clock)
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
-        self.requests = 0
-        self.cache_hits = 0
-        self.errors: dict[str, int] = {}
+        self._cache_hits = 0
         self._ok = True
 
     @property
@@ -321,15 +364,23 @@ class LiveSource:
         return self._ok
 
     @property
-    def cache_entries(self) -> int:
-        """Answers held now (expired ones linger until the cache next touches them)."""
-        with self._lock:
-            return len(self._cache)
+    def alive(self) -> bool:
+        """Always: a live source has no thread that could die."""
+        return True
 
-    @property
-    def cache_size(self) -> int:
-        """The most answers the cache holds (--cache-size)."""
-        return int(self._cache.maxsize)
+    def start(self) -> None:
+        """Nothing to start: a live source asks LAPI when a client connects."""
+
+    def stop(self) -> None:
+        """Nothing to stop (the client, shared with the usage pusher, is closed apart)."""
+
+    def stats(self) -> SourceStats:
+        counts = self._counts
+        with self._lock:  # expired answers linger until the cache next touches them
+            entries = len(self._cache)
+        return SourceStats("live", self._ok, counts.requests, dict(counts.errors),
+                           counts.bad_decisions, 0, cache_hits=self._cache_hits,
+                           cache_entries=entries, cache_size=int(self._cache.maxsize))
 
     def _ttu(self, _key: Any, decisions: list[Decision], now: float) -> float:
         if decisions:
@@ -341,7 +392,7 @@ class LiveSource:
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
-                self.cache_hits += 1
+                self._cache_hits += 1
                 now = self._clock()
                 return [d for d in cached if d.expires > now]
             pending = self._pending.get(key)
@@ -364,11 +415,11 @@ class LiveSource:
             pending.done.set()
 
     def _fetch(self, text: str) -> list[Decision] | None:
-        self.requests += 1
+        self._counts.requests += 1
         try:
             items = self._client.query(text)
         except LapiError as exc:
-            self.errors[exc.kind] = self.errors.get(exc.kind, 0) + 1
+            self._counts.failed(exc)
             if self._ok:
                 log.error("live lookup failed (%s): %s", exc.kind, exc)
             self._ok = False
@@ -376,8 +427,15 @@ class LiveSource:
         if not self._ok:
             log.info("live lookups work again")
         self._ok = True
-        scratch = DecisionIndex()
-        _build(items, self._clock(), scratch, PullStats())
-        decisions = list(scratch.decisions())
-        decisions.sort(key=lambda d: (d.severity, -d.expires))
-        return decisions
+        now = self._clock()
+        count = _Counter()
+        # by id and network, as the index would hold them: a repeat replaces, not adds
+        found: dict[tuple[int, Network], Decision] = {}
+        for item in items:
+            parsed = count.parse(item, now)
+            if parsed is not None:
+                decision, net = parsed
+                value = network_text(net.family, net.prefixlen, net.number, decision.scope)
+                found[decision.id, net] = decision._replace(value=value)
+        count.report(self._counts)
+        return sorted(found.values(), key=lambda d: (d.severity, -d.expires))

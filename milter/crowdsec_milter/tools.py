@@ -21,13 +21,12 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
-from .app import make_client
-from .decisions import DecisionError, parse_decision
-from .index import address_key
+from .decisions import DecisionError, parse_address, parse_decision
 from .lapi import LapiError
-from .policy import Policy, Stage
+from .policy import Stage
 from .settings import Settings
 from .source import LiveSource
+from .wiring import make_client, make_policy
 
 PROBE_IP = "192.0.2.1"  # TEST-NET-1: never a real client
 SAFE_UPDATE_FREQUENCY = 30.0  # seconds; LAPI moves the cursor on a GET at 60
@@ -104,7 +103,8 @@ def lookup(ip: str, settings: Settings) -> int:
     """Print the decisions on IP and what the milter would answer; exit 0 if it would
     let the client through, 3 if it would block it, 1 if LAPI could not say (or could not
     be asked without disturbing a running milter)."""
-    if address_key(ip) is None:
+    address = parse_address(ip)
+    if address is None:
         print(f"crowdsec-milter: error: not an IP address: {ip!r}", file=sys.stderr)
         return 2
     unsafe = get_is_unsafe(settings)
@@ -114,12 +114,8 @@ def lookup(ip: str, settings: Settings) -> int:
     client = make_client(settings)
     try:
         source = LiveSource(client, 1.0, timeout=settings.lapi_timeout)
-        policy = Policy(source, actions=settings.action_map,
-                        default_action=settings.default_action, replies=settings.replies,
-                        unavailable_reply=settings.unavailable_reply,
-                        on_lapi_error=settings.on_lapi_error,
-                        trusted=settings.trusted_networks, dry_run=settings.dry_run)
-        family, number, text = address_key(ip)  # type: ignore[misc]
+        policy = make_policy(settings, source)
+        family, number, text = address
         decisions = source.lookup(family, number, text)
         if decisions is None:
             print(f"LAPI could not answer; clients get: {settings.on_lapi_error}")
