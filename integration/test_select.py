@@ -301,3 +301,20 @@ def test_without_a_database_country_decisions_are_skipped_and_said(
                           str(country), "--geoip-asn-db", str(asn)],
                          capture_output=True, text=True, timeout=30)
     assert "country FR (--geoip-country-db); AS 64500 (--geoip-asn-db)" in out.stdout, out.stdout
+
+
+def test_tag_without_the_event_log(lapi: CrowdSec, mail_user: str, tmp_path: Path) -> None:
+    """With no event log the milter asks Postfix for neither DATA nor the content phase and
+    ACCEPTs clean clients at connect; a tagged client's message still gets its header at
+    end of message."""
+    node = Node(tmp_path, lapi, f"tag-quiet-{next(_n)}", "stream", "--event-log", "none",
+                "--action", "scenario:*web-scan*=tag", deliver_to=mail_user)
+    try:
+        ip, clean = fresh_ip(), fresh_ip()
+        lapi.add_decision(ip=ip, duration="2h", reason="web-scan")
+        assert eventually(lambda: delivered(node, ip)["X-CrowdSec-Decision"] is not None)
+        assert delivered(node, ip).get_all("X-CrowdSec-Decision") == [
+            f"ban; origin=cscli; scenario=web-scan; scope=Ip; value={ip}"]
+        assert delivered(node, clean)["X-CrowdSec-Decision"] is None
+    finally:
+        node.stop()

@@ -71,6 +71,11 @@ class Ctx(MilterTestCtx):
             return rc
         return self._helo(helo)
 
+    def getsymval(self, name: str) -> str | None:
+        # libmilter keeps the macros of earlier stages (j from connect is there at RCPT,
+        # seen with Postfix 3.7); pymilter's TestCtx hides all but the stage's symlist.
+        return self._macros.get(name)
+
     def _call(self, stage: int, name: str, *args: str) -> int:
         self._stage = stage
         rc = getattr(self._priv, name)(*args)

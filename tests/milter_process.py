@@ -108,8 +108,11 @@ class Mta:
         # Commands the milter does not answer (no-reply) must not wait on Nagle + delayed ACK.
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.conn = MilterConnection(self.sock)
-        # Offer every action, and no protocol bit that would hide a reply from us.
-        self.conn.optneg_mta(actions=c.SMFI_V6_ACTS, protocol=c.SMFI_V6_PROT, strict=False)
+        # Offer every action but SETSYMLIST (miltertest cannot decode the macro lists a
+        # milter sends back with it; the milter then asks for MAIL, as with any MTA that
+        # does not offer it), and no protocol bit that would hide a reply from us.
+        self.conn.optneg_mta(actions=c.SMFI_V6_ACTS & ~c.SMFIF_SETSYMLIST,
+                             protocol=c.SMFI_V6_PROT, strict=False)
 
     def _reply(self, r: tuple) -> tuple[str, str]:
         """('continue'|'reject'|'tempfail'|'accept'|'noreply', reply text)."""

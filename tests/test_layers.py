@@ -18,7 +18,8 @@ LAYERS: list[set[str]] = [
     {"__init__", "decisions", "tally", "jsonstream", "events", "notify"},  # data, helpers
     {"selection"},  # which decisions apply, which action each gets
     {"index", "policy"},  # pure logic over decisions
-    {"settings", "lapi", "geo"},  # configuration; the LAPI client; MaxMind databases
+    # configuration; the LAPI client; what the MTA is asked; MaxMind databases
+    {"settings", "lapi", "protocol", "geo"},
     {"source"},  # decision sources
     {"session", "metrics", "usage"},  # what serves or reads the parts
     {"wiring"},  # the settings to the parts

@@ -46,28 +46,25 @@ class Activity:
     events."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running = 0
+        # No lock on the message path: list.append and list.pop are atomic in CPython, and
+        # so is the store of a float; the length of the list is the number running.
+        self._running: list[None] = []
         self._last = time.monotonic()
 
     def run(self, call: Callable[..., Any], *args: Any) -> Any:
-        with self._lock:
-            self._running += 1
-            self._last = time.monotonic()
+        self._running.append(None)
+        self._last = time.monotonic()
         try:
             return call(*args)
         finally:
-            with self._lock:
-                self._running -= 1
+            self._running.pop()
 
     def wait_quiet(self, quiet: float, limit: float) -> bool:
         """Wait until no callback runs and none began for `quiet` seconds, at most `limit`
         seconds; True if it got quiet."""
         deadline = time.monotonic() + limit
         while True:
-            with self._lock:
-                idle = self._running == 0 and time.monotonic() - self._last >= quiet
-            if idle:
+            if not self._running and time.monotonic() - self._last >= quiet:
                 return True
             if time.monotonic() >= deadline:
                 return False

@@ -1,14 +1,16 @@
 """The milter session: pymilter glue that asks the policy and carries out its verdict.
 
-Thin on purpose. It subscribes only to the envelope callbacks, answers only at the
-configured stage (every other callback is `noreply`), accepts at DATA so the MTA never
-sends headers or body, and never lets an exception reach libmilter (pymilter would answer
-its own 451): an internal error gets what `--on-lapi-error` says.
+Thin on purpose. It asks the MTA only for the callbacks the enabled features need
+(protocol.py), answers only at the configured stage (every other callback is `noreply`),
+accepts at DATA so the MTA never sends headers or body, accepts at the deciding stage when
+the event log is off and nothing later can change the answer, and never lets an exception
+reach libmilter (pymilter would answer its own 451): an internal error gets what
+`--on-lapi-error` says.
 
 The one exception is a client whose action is `tag`: its session stays to the end of each
-message to add one header naming the decision. Headers and body are never asked for
-(`nocallback`), and the right to add headers is negotiated only while some `--action`
-key can give `tag`.
+message to add one header naming the decision (headers and body are still never sent to
+us), and the right to add headers is asked for only while some `--action` key can give
+`tag`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import Milter
 from .decisions import Decision, iso_expiry
 from .events import EventWriter, clean_text
 from .policy import Action, Policy, Stage, Verdict
+from .protocol import Request, request
 from .tally import ERRORS, SESSIONS, Tally, blocked, rcpt_rejected, rcpt_trap
 
 log = logging.getLogger("crowdsec_milter.session")
@@ -61,6 +64,17 @@ class SessionContext:
     def trap(self, rcpt: str) -> bool:
         return bool(self.trap_rcpt) and _matches(rcpt, self.trap_rcpt)
 
+    @property
+    def final_at_verdict(self) -> bool:
+        """Nothing after the verdict matters: no events to write, no trap to watch for."""
+        return self.events is None and not self.trap_rcpt
+
+    def request(self, actions: int, offered: int) -> Request:
+        """What to ask of an MTA offering `actions` and protocol bits `offered`."""
+        return request(self.stage, sensor=self.events is not None,
+                       mail=self.exempt_authenticated, rcpt=bool(self.trap_rcpt),
+                       actions=actions, offered=offered)
+
 
 def _matches(rcpt: str, patterns: tuple[str, ...]) -> bool:
     address = rcpt.strip().strip("<>").lower()
@@ -92,6 +106,9 @@ class Session(Milter.Base):
     """One SMTP session's view of the client, and its verdict once asked."""
 
     context: SessionContext
+    # the answer to each MTA offer, worked out once per class (one class per configuration)
+    _requests: dict[tuple[int, int], Request]
+    _said: set[str]
 
     def __init__(self) -> None:
         self.ip = ""
@@ -105,6 +122,37 @@ class Session(Milter.Base):
         self.tag = ""  # the header value each message gets, for a tagged client
 
     # -- callbacks -------------------------------------------------------------------------
+
+    def negotiate(self, opts: list[int]) -> int:
+        """Ask for what `protocol.request` says, the answer cached per offer (pymilter's
+        own negotiate walks every callback's attributes on each connection). Sets
+        `_protocol`, which pymilter's no-reply wrappers read; on any error, pymilter's
+        fallback: ask the MTA for everything."""
+        try:
+            actions, offered = opts[0], opts[1]
+            req = self._requests.get((actions, offered))
+            if req is None:
+                req = self.context.request(actions, offered)
+                self._requests[(actions, offered)] = req
+                if (self.context.events is not None and req.wants_mail
+                        and not self.context.exempt_authenticated
+                        and "symlist" not in self._said):
+                    self._said.add("symlist")
+                    log.info("the MTA does not let the milter choose its macros: asking for "
+                             "the MAIL callback too, for the sender of events")
+            # of the rights to change messages, only adding headers, only while tag is
+            # possible (headers and body are never asked for: protocol.NEVER)
+            opts[0] = self._actions = actions & (Milter.ADDHDRS if self.context.tagging
+                                                 else 0)
+            self._protocol = opts[1] = req.steps
+            opts[2] = opts[3] = 0
+            if req.rcpt_macros:
+                # through the context: pymilter 1.0.5's setsymlist passes bytes and fails
+                self._ctx.setsymlist(Milter.M_ENVRCPT, req.rcpt_macros)
+            return Milter.CONTINUE
+        except Exception:
+            log.exception("internal error negotiating with the MTA")
+            return Milter.ALL_OPTS
 
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         self.__init__()  # type: ignore[misc]  # a new connect (after XCLIENT) is a new client
@@ -125,6 +173,9 @@ class Session(Milter.Base):
 
     def envrcpt(self, to: str, *params: str) -> int:
         try:
+            sender = self.getsymval("{mail_addr}")  # asked for instead of the MAIL callback
+            if sender is not None:
+                self.mail_from = sender if sender[:1] == "<" else f"<{sender}>"
             if self.getsymval("{rcpt_mailer}") == "error":
                 self._rcpt_rejected(to)
                 if self.context.trap(to):
@@ -145,36 +196,15 @@ class Session(Milter.Base):
         # unless the client is tagged (the header is added at end of message).
         return Milter.CONTINUE if self.tag else Milter.ACCEPT
 
-    @Milter.nocallback
-    def header(self, field: str, value: str) -> int:
-        return Milter.CONTINUE
-
-    @Milter.nocallback
-    def eoh(self) -> int:
-        return Milter.CONTINUE
-
-    @Milter.nocallback
-    def body(self, chunk: bytes) -> int:
-        return Milter.CONTINUE
-
     def eom(self) -> int:
         """Only tagged sessions get here: one header naming the decision per message."""
         if self.tag:
             try:
                 self.addheader(self.context.tag_header, self.tag)
             except Exception:  # the message still goes through, untagged
-                self.context.tally.inc("error")
+                self.context.tally.inc(ERRORS)
                 log.exception("internal error adding the %s header", self.context.tag_header)
         return Milter.ACCEPT
-
-    def negotiate(self, opts: list[int]) -> int:
-        """pymilter's negotiation (protocol steps from the decorators), asking the MTA
-        for no right to change messages except adding headers while tag is possible."""
-        result = super().negotiate(opts)
-        if result == Milter.CONTINUE:
-            wanted = Milter.ADDHDRS if self.context.tagging else 0
-            opts[0] = self._actions = opts[0] & wanted
-        return result
 
     # -- internals -------------------------------------------------------------------------
 
@@ -189,14 +219,14 @@ class Session(Milter.Base):
                 self.verdict = self.context.policy.check(self.ip) if self.ip else None
             verdict = self.verdict
             if verdict is None:
-                return Milter.CONTINUE
+                return self._passed()
             exempt = self.context.exempt_authenticated and bool(self.auth_user)
             if not self.reported:
                 self.reported = True
                 self._report(verdict, stage, rcpt, exempt)
             if exempt or not verdict.enforce:
-                return Milter.CONTINUE
-            if verdict.action is Action.TAG:
+                return self._passed()
+            if verdict.action is Action.TAG:  # let through; stays for the end of message
                 assert verdict.decision is not None
                 self.tag = tag_value(verdict.decision)
                 return Milter.CONTINUE
@@ -210,6 +240,12 @@ class Session(Milter.Base):
             self.context.tally.inc(ERRORS)
             log.exception("internal error deciding on client %s", clean_text(self.ip, 64))
             return self._fallback()
+
+    def _passed(self) -> int:
+        """The answer for a client let through at the deciding stage: when nothing later
+        can change it or needs to be seen (no event log, no trap recipients), ACCEPT, and
+        the MTA stops calling us for this connection (from MAIL on: for this message)."""
+        return Milter.ACCEPT if self.context.final_at_verdict else Milter.CONTINUE
 
     def _fallback(self) -> int:
         try:
@@ -308,7 +344,7 @@ _NOREPLY_UNLESS = {"connect": Stage.CONNECT, "hello": Stage.HELO, "envfrom": Sta
 def session_class(context: SessionContext) -> type[Session]:
     """A Session subclass bound to `context`, whose callbacks other than the deciding one
     are negotiated as no-reply, so the MTA does not wait for them."""
-    attrs: dict[str, Any] = {"context": context}
+    attrs: dict[str, Any] = {"context": context, "_requests": {}, "_said": set()}
     for name, stage in _NOREPLY_UNLESS.items():
         if stage is not context.stage:
             attrs[name] = Milter.noreply(getattr(Session, name))
