@@ -133,3 +133,13 @@ def test_databases_are_read_only_while_such_decisions_are_held(
     assert src.pull_once() and lookup(src, "198.51.100.7") == [("Country", "FR")]
     lapi.delete(ident)
     assert src.pull_once() and src.scoped_count == 0
+
+
+def test_country_and_as_decisions_count_as_active(fake_lapi: tuple[FakeLapi, str],
+                                                  dbs: tuple[Path, Path]) -> None:
+    """What usage metrics report as active_decisions includes them."""
+    lapi, url = fake_lapi
+    lapi.add("203.0.113.9")
+    lapi.add("FR", scope="Country")
+    src = StreamSource(LapiClient(url, "test-key", 2.0), 10.0, geo=Geo(str(dbs[0]), None))
+    assert src.pull_once() and src.stats().active == 2

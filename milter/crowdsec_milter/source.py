@@ -233,7 +233,8 @@ class StreamSource(_LapiSource):
     def stats(self) -> SourceStats:
         counts = self._counts
         return SourceStats("stream", self._synced, counts.requests, dict(counts.errors),
-                           counts.bad_decisions, len(self._index), held=self._index.counts(),
+                           counts.bad_decisions, len(self._index) + len(self._scoped),
+                           held=self._index.counts(),
                            last_good=counts.last_good)
 
     def pull_once(self) -> bool:
