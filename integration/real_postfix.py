@@ -251,3 +251,13 @@ def session(port: int, client_ip: str, *, helo: str = "client.example",
     finally:
         smtp.sock.close()
     return t
+
+
+def blocked(t: Transcript) -> bool:
+    """Refused by crowdsec-milter: Postfix gave the milter's 550 at MAIL FROM."""
+    return t.code("MAIL") == 550 and "blocked by CrowdSec" in t.text()
+
+
+def delivered(t: Transcript) -> bool:
+    """Sender, the one recipient and the message all accepted."""
+    return t.code("MAIL") == 250 and t.rcpt_codes == [250] and t.code("<message>") == 250

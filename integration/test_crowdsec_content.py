@@ -114,18 +114,24 @@ def test_one_trap_hit_bans_whatever_the_mta_answered(tmp_path: Path) -> None:
     assert "192.0.2.60" not in fired
 
 
+def explained(workdir: Path, log: Path) -> tuple[str, list[dict[str, str]]]:
+    """`cscli explain` of every line of `log` on a fresh CrowdSec: its text, and the Meta
+    fields the parsers set for each line."""
+    cs = CrowdSec(workdir).start()
+    try:
+        out = cs.explain(log)
+    finally:
+        cs.stop()
+    return out, [dict(re.findall(r"create evt\.Meta\.(\w+) : (.*)", block))
+                 for block in out.split("line: ")[1:]]
+
+
 def test_trap_lines_reach_crowdsec_with_what_the_mta_answered(tmp_path: Path) -> None:
     t = time.time() - 60
     log = tmp_path / "events.log"
     log.write_text(trap_line("198.51.100.32", "<trap@example.org>", True, t)
                    + trap_line("198.51.100.33", "<spamtrap-1@example.org>", False, t + 1))
-    cs = CrowdSec(tmp_path / "cs").start()
-    try:
-        out = cs.explain(log)
-    finally:
-        cs.stop()
-    metas = [dict(re.findall(r"create evt\.Meta\.(\w+) : (.*)", block))
-             for block in out.split("line: ")[1:]]
+    out, metas = explained(tmp_path / "cs", log)
     assert sorted((m.get("source_ip"), m.get("log_type"), m.get("rcpt_accepted"))
                   for m in metas) == [("198.51.100.32", "smtp_rcpt_trap", "true"),
                                 ("198.51.100.33", "smtp_rcpt_trap", "false")], out
@@ -146,13 +152,7 @@ def test_typed_fields_reach_crowdsec_as_their_json_text(tmp_path: Path) -> None:
         validate_line(text)
     log = tmp_path / "events.log"
     log.write_text("".join(lines))
-    cs = CrowdSec(tmp_path / "cs").start()
-    try:
-        out = cs.explain(log)
-    finally:
-        cs.stop()
-    metas = [dict(re.findall(r"create evt\.Meta\.(\w+) : (.*)", block))
-             for block in out.split("line: ")[1:]]
+    out, metas = explained(tmp_path / "cs", log)
     assert [(m.get("source_ip"), m.get("log_type"), m.get("enforced"), m.get("event_version"))
             for m in metas] == [
         ("203.0.113.21", "smtp_client_blocked", "true", str(EVENT_VERSION)),

@@ -6,10 +6,11 @@ client sent and the MTA said."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from crowdsec_milter.events import EVENT_VERSION
 from eventschema import read_events
 from milter_process import MilterProcess
 from real_crowdsec import CrowdSec
@@ -17,13 +18,6 @@ from real_postfix import Postfix, session
 
 pytestmark = pytest.mark.integration
 UNKNOWN = "Recipient address rejected: User unknown in local recipient table"
-
-
-@pytest.fixture(scope="module")
-def lapi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrowdSec]:
-    cs = CrowdSec(tmp_path_factory.mktemp("crowdsec")).start()
-    yield cs
-    cs.stop()
 
 
 def test_event_fields_through_postfix(tmp_path: Path, lapi: CrowdSec) -> None:
@@ -49,18 +43,25 @@ def test_event_fields_through_postfix(tmp_path: Path, lapi: CrowdSec) -> None:
     found = re.search(r"(\w+): client=unknown\[192\.0\.2\.61\]", postfix.log_text())
     assert found, postfix.log_text()[-2000:]
     got = [{k: v for k, v in e.items() if k != "time"} for e in read_events(milter.events)]
+    ids = {d["value"]: d["id"] for a in lapi.alerts() for d in a.get("decisions") or ()}
     assert got == [
-        {"event": "rcpt_rejected", "v": 1, "client_ip": "192.0.2.61", "client_name": "[192.0.2.61]",
+        {"event": "rcpt_rejected", "v": EVENT_VERSION, "client_ip": "192.0.2.61",
+         "client_name": "[192.0.2.61]",
          "helo": "fields.example", "mail_from": '<"odd name"@example.net>',
          "rcpt": "<nobody@example.org>", "status": "5.1.1", "reason": UNKNOWN,
          "queue_id": found.group(1), "mta": "mx-test.example"},
-        {"event": "rcpt_rejected", "v": 1, "client_ip": "192.0.2.62", "client_name": "[192.0.2.62]",
+        {"event": "rcpt_rejected", "v": EVENT_VERSION, "client_ip": "192.0.2.62",
+         "client_name": "[192.0.2.62]",
          "helo": "null.example", "mail_from": "<>", "rcpt": "<nobody@example.org>",
          "status": "5.1.1", "reason": UNKNOWN, "queue_id": "", "mta": "mx-test.example"},
-        {"event": "client_blocked", "v": 1, "client_ip": banned, "client_name": f"[{banned}]",
+        {"event": "client_blocked", "v": EVENT_VERSION, "client_ip": banned,
+         "client_name": f"[{banned}]",
          "helo": "evil.example", "mail_from": "<spammer@example.net>",
          "rcpt": "<bob@example.org>", "stage": "rcpt", "action": "reject", "enforced": True,
          "reason": "decision", "decision_type": "ban", "decision_scope": "Ip",
          "decision_value": banned, "scenario": got[2].get("scenario"), "origin": "cscli",
+         "decision_id": ids[banned], "decision_until": got[2].get("decision_until"),
          "mta": "mx-test.example"},
     ], got
+    until = datetime.fromisoformat(got[2]["decision_until"].replace("Z", "+00:00"))
+    assert timedelta(0) < until - datetime.now(UTC) <= timedelta(minutes=10), until  # 10m ban

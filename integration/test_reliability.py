@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from lapi_server import FakeLapi, Fault, serve
-from milter_process import MilterProcess, Mta
+from milter_process import MilterProcess, Mta, verdict
 from ports import free_port
 from real_crowdsec import CrowdSec
 from waiting import eventually
@@ -29,14 +29,6 @@ def threads_and_rss(pid: int) -> tuple[int, int]:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def verdict(proc: MilterProcess, ip: str) -> str:
-    mta = Mta(proc.port)
-    try:
-        return mta.connect(ip)[0]
-    finally:
-        mta.close()
 
 
 def test_lapi_killed_under_load_then_restarted(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from eventschema import read_events
 from milter_process import EXE, MilterProcess
 from mmdb import write as write_mmdb
 from real_crowdsec import CrowdSec
-from real_postfix import Postfix, Transcript, session
+from real_postfix import Postfix, Transcript, blocked, delivered, session
 from waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -31,13 +31,6 @@ _subjects = itertools.count(1)
 def fresh_ip() -> str:
     """A client address no other test of this module uses (they share one LAPI)."""
     return f"198.18.{next(_n)}.7"
-
-
-@pytest.fixture(scope="module")
-def lapi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrowdSec]:
-    cs = CrowdSec(tmp_path_factory.mktemp("crowdsec")).start()
-    yield cs
-    cs.stop()
 
 
 @pytest.fixture(scope="module")
@@ -91,14 +84,6 @@ class Node:
         self.milter.stop(signal.SIGKILL)
 
 
-def rejected(t: Transcript) -> bool:
-    return t.code("MAIL") == 550 and "blocked by CrowdSec" in t.text()
-
-
-def accepted(t: Transcript) -> bool:
-    return t.code("MAIL") == 250 and t.rcpt_codes == [250] and t.code("<message>") == 250
-
-
 @pytest.fixture(scope="module", params=["stream", "live"])
 def selecting(request: pytest.FixtureRequest, lapi: CrowdSec,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
@@ -119,16 +104,16 @@ def test_a_longer_unselected_decision_never_hides_a_shorter_selected_one(
     lapi.add_decision(ip=ip, duration="4h", reason="web-scan")
     lapi.add_decision(ip=control, duration="4h", reason="web-scan")
     lapi.add_decision(ip=ip, duration="1h", reason="manual ban")
-    assert eventually(lambda: rejected(selecting.send(ip))), selecting.send(ip).text()
-    assert accepted(selecting.send(control))  # its only decision is not selected
+    assert eventually(lambda: blocked(selecting.send(ip))), selecting.send(ip).text()
+    assert delivered(selecting.send(control))  # its only decision is not selected
 
 
 def test_origins_select(selecting: Node, lapi: CrowdSec, tmp_path: Path) -> None:
     imported, control = fresh_ip(), fresh_ip()
     import_decision(lapi, tmp_path, imported)
     lapi.add_decision(ip=control)
-    assert eventually(lambda: rejected(selecting.send(control)))  # pulled (stream) or asked
-    assert accepted(selecting.send(imported))  # origin cscli-import is not in --origins
+    assert eventually(lambda: blocked(selecting.send(control)))  # pulled (stream) or asked
+    assert delivered(selecting.send(imported))  # origin cscli-import is not in --origins
 
 
 @pytest.fixture(scope="module", params=["stream", "live"])
@@ -143,11 +128,11 @@ def grading(request: pytest.FixtureRequest, lapi: CrowdSec, mail_user: str,
     n.stop()
 
 
-def delivered(node: Node, ip: str) -> mailbox.mboxMessage:
+def mailbox_message(node: Node, ip: str) -> mailbox.mboxMessage:
     """Send one message from `ip`; the copy local(8) delivered."""
     subject = f"probe {next(_subjects)} from {ip}"
     t = node.send(ip, subject)
-    assert accepted(t), t.text()
+    assert delivered(t), t.text()
 
     def find() -> mailbox.mboxMessage | None:
         try:
@@ -171,10 +156,10 @@ def test_tagged_client_gets_the_header_and_a_clean_one_does_not(
     ip, clean = fresh_ip(), fresh_ip()
     lapi.add_decision(ip=ip, duration="2h", reason="crowdsecurity/web-scan")
     header = (f"ban; origin=cscli; scenario=crowdsecurity/web-scan; scope=Ip; value={ip}")
-    assert eventually(lambda: delivered(grading, ip)["X-CrowdSec-Decision"] == header)
-    message = delivered(grading, ip)
+    assert eventually(lambda: mailbox_message(grading, ip)["X-CrowdSec-Decision"] == header)
+    message = mailbox_message(grading, ip)
     assert message.get_all("X-CrowdSec-Decision") == [header]  # one header, every message
-    assert delivered(grading, clean)["X-CrowdSec-Decision"] is None
+    assert mailbox_message(grading, clean)["X-CrowdSec-Decision"] is None
     ident = decision_id(lapi, ip, "crowdsecurity/web-scan")
 
     def blocked_events() -> list[dict]:
@@ -196,10 +181,10 @@ def test_most_specific_key_per_decision_most_severe_per_client(
     imported, both = fresh_ip(), fresh_ip()
     import_decision(lapi, tmp_path, imported, reason="crowdsecurity/web-scan")
     # the scenario key beats the origin key: tag, so the message goes through tagged
-    assert eventually(lambda: delivered(grading, imported)["X-CrowdSec-Decision"] is not None)
+    assert eventually(lambda: mailbox_message(grading, imported)["X-CrowdSec-Decision"] is not None)
     lapi.add_decision(ip=both, duration="3h", reason="crowdsecurity/web-scan")  # tag
     lapi.add_decision(ip=both, duration="1h", reason="manual")  # ban: reject
-    assert eventually(lambda: rejected(grading.send(both))), grading.send(both).text()
+    assert eventually(lambda: blocked(grading.send(both))), grading.send(both).text()
     plain = fresh_ip()
     import_decision(lapi, tmp_path, plain)  # origin cscli-import, no key for its scenario
     assert eventually(lambda: grading.send(plain).code("MAIL") == 451)
@@ -256,12 +241,12 @@ def geo_node(request: pytest.FixtureRequest, lapi: CrowdSec,
 
 def test_country_and_as_decisions_through_postfix(geo_node: Node, lapi: CrowdSec) -> None:
     french, german = "198.51.100.7", "192.0.2.44"
-    assert accepted(geo_node.send(french)) and accepted(geo_node.send(german))
+    assert delivered(geo_node.send(french)) and delivered(geo_node.send(german))
     lapi.cscli("decisions", "add", "--scope", "Country", "--value", "FR", "--duration", "1h",
                "--reason", "geo-test")
     try:
-        assert eventually(lambda: rejected(geo_node.send(french))), geo_node.send(french).text()
-        assert accepted(geo_node.send(german))
+        assert eventually(lambda: blocked(geo_node.send(french))), geo_node.send(french).text()
+        assert delivered(geo_node.send(german))
         lapi.cscli("decisions", "add", "--scope", "AS", "--value", "64501", "--type",
                    "captcha", "--duration", "1h", "--reason", "geo-test-as")
         assert eventually(lambda: geo_node.send(german).code("MAIL") == 451)
@@ -277,7 +262,7 @@ def test_country_and_as_decisions_through_postfix(geo_node: Node, lapi: CrowdSec
     finally:  # the other mode's node starts from a clean LAPI
         lapi.cscli("decisions", "delete", "--scenario", "geo-test")
         lapi.cscli("decisions", "delete", "--scenario", "geo-test-as")
-    assert eventually(lambda: accepted(geo_node.send(french)))  # deleted: let through again
+    assert eventually(lambda: delivered(geo_node.send(french)))  # deleted: let through again
 
 
 def test_without_a_database_country_decisions_are_skipped_and_said(
@@ -285,7 +270,7 @@ def test_without_a_database_country_decisions_are_skipped_and_said(
     lapi.cscli("decisions", "add", "--scope", "Country", "--value", "NL", "--duration", "1h",
                "--reason", "geo-skip")
     lapi.add_decision(ip="198.18.250.7")  # control: pulled (stream) or asked (live)
-    assert eventually(lambda: rejected(selecting.send("198.18.250.7")))
+    assert eventually(lambda: blocked(selecting.send("198.18.250.7")))
     keyfile = tmp_path / "key"
     keyfile.write_text(lapi.add_bouncer(f"select-geo-tools-{next(_n)}") + "\n")
     keyfile.chmod(0o600)
@@ -312,9 +297,9 @@ def test_tag_without_the_event_log(lapi: CrowdSec, mail_user: str, tmp_path: Pat
     try:
         ip, clean = fresh_ip(), fresh_ip()
         lapi.add_decision(ip=ip, duration="2h", reason="web-scan")
-        assert eventually(lambda: delivered(node, ip)["X-CrowdSec-Decision"] is not None)
-        assert delivered(node, ip).get_all("X-CrowdSec-Decision") == [
+        assert eventually(lambda: mailbox_message(node, ip)["X-CrowdSec-Decision"] is not None)
+        assert mailbox_message(node, ip).get_all("X-CrowdSec-Decision") == [
             f"ban; origin=cscli; scenario=web-scan; scope=Ip; value={ip}"]
-        assert delivered(node, clean)["X-CrowdSec-Decision"] is None
+        assert mailbox_message(node, clean)["X-CrowdSec-Decision"] is None
     finally:
         node.stop()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from milter_process import MilterProcess
 from real_crowdsec import CrowdSec
-from real_postfix import LOCAL_USERS, Postfix, Transcript, session
+from real_postfix import LOCAL_USERS, Postfix, blocked, delivered, session
 from waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -23,21 +23,6 @@ def events(milter: MilterProcess) -> list[dict]:
     if not milter.events.exists():
         return []
     return [json.loads(x) for x in milter.events.read_text().splitlines()]
-
-
-def blocked(t: Transcript) -> bool:
-    return t.code("MAIL") == 550 and "blocked by CrowdSec" in t.text()
-
-
-def delivered(t: Transcript) -> bool:
-    return t.code("MAIL") == 250 and t.rcpt_codes == [250] and t.code("<message>") == 250
-
-
-@pytest.fixture(scope="module")
-def lapi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrowdSec]:
-    cs = CrowdSec(tmp_path_factory.mktemp("crowdsec")).start()
-    yield cs
-    cs.stop()
 
 
 @pytest.mark.parametrize("stage", ["mail", "rcpt"])

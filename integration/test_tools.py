@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from milter_process import EXE, MilterProcess, Mta
+from milter_process import EXE, MilterProcess, verdict
 from real_crowdsec import CrowdSec
 from waiting import eventually
 
@@ -115,9 +115,3 @@ def test_tools_never_steal_a_slow_milters_delta(tmp_path: Path) -> None:
         cs.stop()
 
 
-def verdict(proc: MilterProcess, ip: str) -> str:
-    mta = Mta(proc.port)
-    try:
-        return mta.connect(ip)[0]
-    finally:
-        mta.close()

@@ -155,3 +155,12 @@ class Mta:
         with contextlib.suppress(OSError):
             self.conn._send(c.SMFIC_QUIT)
         self.sock.close()
+
+
+def verdict(proc: MilterProcess, ip: str) -> str:
+    """What the milter answers a connect from `ip` ('reject', 'continue', ...)."""
+    mta = Mta(proc.port)
+    try:
+        return mta.connect(ip)[0]
+    finally:
+        mta.close()

@@ -210,16 +210,28 @@ def parse_decision(item: object, now: float) -> tuple[Decision, Network] | None:
     scope = _SCOPES.get(scope) or _SCOPES.get(scope.lower())
     if scope is None:
         return None
+    ident, dtype = _id_and_type(get)
+    value = get("value")
+    if value.__class__ is not str:
+        raise DecisionError(f"value is not a string: {value!r:.60}")
+    network = parse_network("ip" if scope == "Ip" else "range", value)
+    return Decision(ident, dtype, scope, value, _text(item, "origin", 64),  # type: ignore[arg-type]
+                    _text(item, "scenario"), _expiry(get, now)), network  # type: ignore[arg-type]
+
+
+def _id_and_type(get: Any) -> tuple[int, str]:
+    """A decision's id and its type (lower case, bounded), checked."""
     ident = get("id")
     if ident.__class__ is not int:
         raise DecisionError(f"id is not an integer: {ident!r:.40}")
     dtype = get("type")
     if dtype.__class__ is not str or not dtype:
         raise DecisionError(f"type is missing or not a string: {dtype!r:.40}")
-    value = get("value")
-    if value.__class__ is not str:
-        raise DecisionError(f"value is not a string: {value!r:.60}")
-    network = parse_network("ip" if scope == "Ip" else "range", value)
+    return ident, dtype.lower()[:64]
+
+
+def _expiry(get: Any, now: float) -> float:
+    """Monotonic expiry: receipt time plus the decision's duration, checked."""
     seconds = parse_duration(get("duration"))
     if seconds > MAX_DURATION:
         raise DecisionError(f"duration is absurd: {get('duration')!r:.40}")
@@ -227,8 +239,7 @@ def parse_decision(item: object, now: float) -> tuple[Decision, Network] | None:
         # already expired: nothing to enforce, so skipped and counted rather than stored to
         # be swept later (`deleted` entries are read through source._as_live, not this)
         raise DecisionError(f"duration is negative (already expired): {get('duration')!r:.40}")
-    return Decision(ident, dtype.lower()[:64], scope, value, _text(item, "origin", 64),  # type: ignore[arg-type]
-                    _text(item, "scenario"), now + seconds), network  # type: ignore[arg-type]
+    return now + seconds
 
 
 # Decision scopes matched through a MaxMind database, as LAPI's `scopes=` names them.
@@ -257,21 +268,13 @@ def parse_scoped_decision(item: object, now: float) -> Decision | None:
     scope = GEO_SCOPES.get(scope.lower()) if isinstance(scope, str) else None
     if scope is None:
         return None
-    ident, dtype, value = get("id"), get("type"), get("value")
-    if ident.__class__ is not int:
-        raise DecisionError(f"id is not an integer: {ident!r:.40}")
-    if dtype.__class__ is not str or not dtype:
-        raise DecisionError(f"type is missing or not a string: {dtype!r:.40}")
+    ident, dtype = _id_and_type(get)
+    value = get("value")
     normal = normalize_scoped(scope, value) if isinstance(value, str) else None
     if normal is None:
         raise DecisionError(f"{scope} decision value is not usable: {value!r:.60}")
-    seconds = parse_duration(get("duration"))
-    if seconds > MAX_DURATION:
-        raise DecisionError(f"duration is absurd: {get('duration')!r:.40}")
-    if seconds < 0:
-        raise DecisionError(f"duration is negative (already expired): {get('duration')!r:.40}")
-    return Decision(ident, dtype.lower()[:64], scope, normal, _text(item, "origin", 64),  # type: ignore[arg-type]
-                    _text(item, "scenario"), now + seconds)  # type: ignore[arg-type]
+    return Decision(ident, dtype, scope, normal, _text(item, "origin", 64),  # type: ignore[arg-type]
+                    _text(item, "scenario"), _expiry(get, now))  # type: ignore[arg-type]
 
 
 def parse_ipv4_fast(item: dict[str, Any], now: float
