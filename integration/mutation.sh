@@ -56,17 +56,31 @@ mkdir -p "$WORK/src/crowdsec_milter" "$WORK/tests"
 cp -p "$ROOT"/milter/*.py "$WORK/src/crowdsec_milter/"
 cp -p "$ROOT"/tests/*.py "$WORK/tests/"
 
+for m in "${MODULES[@]}"; do
+    [[ " ${ALL[*]} " == *" $m "* ]] || { echo "mutation.sh: not one of: ${ALL[*]}" >&2; exit 2; }
+done
+# The config names all modules and their tests whatever the arguments: mutmut caches its
+# mutants and results per file, and a file it once copied unmutated it never mutates later.
 only=""
 tests=""
-for m in "${MODULES[@]}"; do
-    [[ -f "$ROOT/milter/$m.py" ]] || { echo "mutation.sh: no module milter/$m.py" >&2; exit 2; }
+for m in "${ALL[@]}"; do
     only+="    src/crowdsec_milter/$m.py"$'\n'
     for t in "$ROOT/tests/test_$m.py" "$ROOT"/tests/test_"$m"_*.py; do
         [[ -f "$t" ]] && tests+="    tests/$(basename "$t")"$'\n'
     done
 done
 
-cat > "$WORK/setup.cfg" <<EOF
+# Hypothesis under mutmut: calls go through mutmut's trampolines (slower, so no deadline or
+# too-slow health check) and examples are derandomized, so a rerun gives the same score.
+cat > "$WORK/conftest.py" <<'EOF'
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("mutation", deadline=None, derandomize=True, database=None,
+                          suppress_health_check=list(HealthCheck))
+settings.load_profile("mutation")
+EOF
+
+cat > "$WORK/setup.cfg.new" <<EOF
 [tool:pytest]
 addopts = -p no:cacheprovider --import-mode=importlib
 markers =
@@ -74,11 +88,18 @@ markers =
 
 [mutmut]
 source_paths = src/crowdsec_milter
+also_copy = conftest.py
 only_mutate =
 $only
 pytest_add_cli_args_test_selection =
 $tests
 EOF
+
+# A changed config (new test file, edited script) starts mutmut's cache afresh.
+if ! cmp -s "$WORK/setup.cfg.new" "$WORK/setup.cfg"; then
+    rm -rf "$WORK/mutants"
+fi
+mv "$WORK/setup.cfg.new" "$WORK/setup.cfg"
 
 patterns=()
 for m in "${MODULES[@]}"; do
