@@ -87,7 +87,7 @@ def parse_network(scope: str, value: str) -> Network:
                 return Network(4, 32, number & 0xFFFFFFFF)
             return Network(6, 128, number)
     try:
-        net = ipaddress.ip_network(value, strict=scope == "ip")
+        net = ipaddress.ip_network(value, strict=False)
     except ValueError as exc:
         raise DecisionError(f"value is not an address or range: {value!r:.60}") from exc
     # Outside the try: DecisionError is a ValueError, and this message must not be replaced.

@@ -92,7 +92,8 @@ def test_durations_and_sizes_must_be_positive(name: str, value: str) -> None:
 
 @pytest.mark.parametrize(("spec", "expected"), [
     ("127.0.0.1:9100", ("127.0.0.1", 9100)), ("[::1]:1", ("::1", 1)),
-    ("metrics.local:65535", ("metrics.local", 65535)), ("", None),
+    ("metrics.local:65535", ("metrics.local", 65535)), ("Xhost:9100", ("Xhost", 9100)),
+    ("", None),
 ])
 def test_metrics_listen_values(spec: str, expected: tuple[str, int] | None) -> None:
     assert load(["--api-key", "k", "--metrics-listen", spec]).metrics_listen == expected

@@ -10,6 +10,7 @@ from crowdsec_milter.decisions import (
     parse_decision,
     parse_duration,
     parse_ipv4_fast,
+    parse_network,
 )
 
 
@@ -39,6 +40,7 @@ def test_more_bad_durations(text: str) -> None:
 @pytest.mark.parametrize(("bad", "message"), [
     (item(value="not-an-ip"), "value is not an address or range: 'not-an-ip'"),
     (item(scope="Ip", value="1.2.3.0/24"), "Ip decision with a prefix: '1.2.3.0/24'"),
+    (item(scope="Ip", value="1.2.3.5/24"), "Ip decision with a prefix: '1.2.3.5/24'"),
     (item(value="fe80::1%eth0"), "value carries an interface scope: 'fe80::1%eth0'"),
     (item(value=12), "value is not a string: 12"),
     (item(id="7"), "id is not an integer: '7'"),
@@ -116,3 +118,9 @@ def test_fast_path_takes_fields_up_to_their_limits() -> None:
 ])
 def test_fast_path_hands_anything_else_to_the_general_parser(changes: dict) -> None:
     assert parse_ipv4_fast(item(**changes), 0.0) is None
+
+
+def test_a_network_value_must_be_a_string() -> None:
+    with pytest.raises(DecisionError) as info:
+        parse_network("ip", 5)  # type: ignore[arg-type]
+    assert str(info.value) == "value is not a string: 5"
