@@ -1,14 +1,18 @@
-"""Shared pieces of the benchmarks: decision sets, a LAPI blob server, RSS readings."""
+"""Shared pieces of the benchmarks: decision sets, a LAPI with prepared answers, RSS
+readings."""
 
 from __future__ import annotations
 
 import json
 import random
-import socket
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import sys
+from pathlib import Path
 from typing import Any
+
+# the tests' LAPI server and loopback ports serve the benchmarks too
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from lapi_server import FakeLapi, serve, stop
 
 
 def decisions(n_ip: int, n_range: int, seed: int = 7) -> list[dict[str, Any]]:
@@ -46,74 +50,24 @@ def stream_body(items: list[dict[str, Any]]) -> bytes:
     return json.dumps({"deleted": None, "new": items}).encode()
 
 
-class BlobLapi:
-    """Serves one prepared stream answer, and `?ip=` answers counted, on loopback."""
+class BenchLapi:
+    """The tests' LAPI server (tests/lapi_server.py) with prepared answers and key
+    bench-key: `body` is the whole startup stream answer; `live` maps an address to the
+    decisions a `?ip=` lookup of it gets (any other address gets `null`, no decision), so
+    give every address the caller expects to be banned."""
 
-    def __init__(self, body: bytes, key: str = "bench-key") -> None:
-        self.body = body
-        self.live_requests = 0
-        counting = threading.Lock()
-        lapi = self
+    def __init__(self, body: bytes, live: dict[str, list[dict[str, Any]]] | None = None) -> None:
+        self.lapi = FakeLapi(key="bench-key", startup_body=body, keep_requests=False)
+        self.lapi.prepare_ip_answers(live or {})
+        self.server, self.url = serve(self.lapi)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                if self.headers.get("X-Api-Key") != key:
-                    self._send(403, b'{"message":"access forbidden"}')
-                elif self.path.startswith("/v1/decisions/stream"):
-                    # the whole set at startup, empty deltas after, as LAPI does
-                    self._send(200, lapi.body if "startup=true" in self.path
-                               else b'{"deleted":null,"new":null}')
-                elif self.path.startswith("/v1/decisions"):
-                    with counting:
-                        lapi.live_requests += 1
-                    self._send(200, b"null")
-                else:
-                    self._send(404, b"{}")
-
-            def _send(self, status: int, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        class Server(ThreadingHTTPServer):
-            # socketserver's default backlog is 5: with 32 client threads, connection
-            # attempts were dropped and retried a second later, past the 2 s timeout. Go's
-            # listener (the real LAPI) uses the system's somaxconn.
-            request_queue_size = 128
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    @property
+    def live_requests(self) -> int:
+        """`?ip=` lookups answered so far."""
+        return self.lapi.count("/v1/decisions")
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    """Until something accepts connections on the loopback port."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
+        stop(self.lapi, self.server)
 
 
 def rss_mb() -> float:

@@ -16,7 +16,7 @@ from common import peak_mb, rss_mb
 def main() -> None:
     which, url = sys.argv[1], sys.argv[2]
     if which == "ours":
-        from crowdsec_milter.index import address_key
+        from crowdsec_milter.decisions import parse_address
         from crowdsec_milter.lapi import LapiClient
         from crowdsec_milter.source import StreamSource
 
@@ -26,7 +26,7 @@ def main() -> None:
         before = rss_mb()
         started = time.monotonic()
         assert source.pull_once()
-        key = address_key("192.0.2.1")
+        key = parse_address("192.0.2.1")
         assert key is not None
         source.lookup(*key)  # the first lookup served from the synced index
         seconds = time.monotonic() - started

@@ -1,7 +1,7 @@
 """crowdsec-milter benchmarks: each figure measured side by side in one run, alternating
 the configurations, median of several rounds. Prints a table; never asserts a time.
 
-usage: bench/run.py [--smoke] [--only index,pull,live,latency,postfix]
+usage: bench/run.py [--smoke] [--only index,pull,live,latency,events,postfix]
 Run from the repo with the project's venv: .venv/bin/python bench/run.py
 """
 
@@ -24,14 +24,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent / "tests"))  # the wire client shared with the tests
 
-from common import (  # noqa: E402
-    BlobLapi,
-    decisions,
-    free_port,
-    percentile,
-    stream_body,
-    wait_port,
-)
+from common import BenchLapi, decisions, percentile, stream_body  # noqa: E402
+from ports import free_port, wait_port  # noqa: E402
 
 ROWS: list[tuple[str, str, str, str]] = []
 
@@ -42,8 +36,8 @@ def row(figure: str, ours: str, other: str, note: str) -> None:
 
 
 def bench_index(n_ip: int, n_range: int, probes: int, rounds: int) -> None:
-    from crowdsec_milter.decisions import parse_decision
-    from crowdsec_milter.index import DecisionIndex, address_key
+    from crowdsec_milter.decisions import parse_address, parse_decision
+    from crowdsec_milter.index import DecisionIndex
 
     items = decisions(n_ip, n_range)
     ours = DecisionIndex()
@@ -67,7 +61,7 @@ def bench_index(n_ip: int, n_range: int, probes: int, rounds: int) -> None:
     pc = time.perf_counter_ns
 
     def ours_one(ip: str) -> None:
-        key = address_key(ip)
+        key = parse_address(ip)
         # as the milter asks (Policy.check, StreamSource.lookup): stop at the first ban
         ours.lookup(key[0], key[1], now, False, key[2])  # type: ignore[index]
 
@@ -94,7 +88,7 @@ def bench_index(n_ip: int, n_range: int, probes: int, rounds: int) -> None:
 
 
 def bench_pull(n_ip: int, n_range: int, rounds: int) -> None:
-    lapi = BlobLapi(stream_body(decisions(n_ip, n_range)))
+    lapi = BenchLapi(stream_body(decisions(n_ip, n_range)))
     got: dict[str, list[dict]] = {"ours": [], "pycrowdsec": []}
     for _ in range(rounds):
         for which in got:
@@ -120,11 +114,11 @@ def bench_pull(n_ip: int, n_range: int, rounds: int) -> None:
 
 
 def bench_live(sessions: int, addresses: int) -> None:
-    from crowdsec_milter.index import address_key
+    from crowdsec_milter.decisions import parse_address
     from crowdsec_milter.lapi import LapiClient
     from crowdsec_milter.source import LiveSource
 
-    lapi = BlobLapi(b"{}")
+    lapi = BenchLapi(b"{}")
     source = LiveSource(LapiClient(lapi.url, "bench-key", 2.0), 60.0, timeout=2.0)
     ips = [f"10.{i // 256 % 256}.{i % 256}.1" for i in range(addresses)]
     order = [ips[i % addresses] for i in range(sessions)]
@@ -137,7 +131,7 @@ def bench_live(sessions: int, addresses: int) -> None:
                 if not order:
                     return
                 ip = order.pop()
-            key = address_key(ip)
+            key = parse_address(ip)
             source.lookup(key[0], key[1], ip)  # type: ignore[index]
 
     threads = [threading.Thread(target=worker) for _ in range(32)]
@@ -149,59 +143,74 @@ def bench_live(sessions: int, addresses: int) -> None:
     # Requests the milter sent (a timed-out one counts, and so does its retry), beside those
     # the bench LAPI answered.
     row(f"live mode: LAPI requests for {sessions:,} sessions from {addresses:,} addresses",
-        f"{source.requests:,}", f"{sessions:,} (no cache)",
+        f"{source.stats().requests:,}", f"{sessions:,} (no cache)",
         f"32 threads, --cache-ttl 60, {time.monotonic() - started:.1f} s; LAPI answered "
-        f"{lapi.live_requests:,}; failed: {sum(source.errors.values())}")
+        f"{lapi.live_requests:,}; failed: {sum(source.stats().errors.values())}")
     lapi.close()
 
 
 def bench_latency(n_decisions: int, sessions: int, rounds: int) -> None:
+    """Connect to last reply through the milter protocol, crowdsec-milter as a bouncer
+    (--event-log none), against a do-nothing pymilter milter doing the same work: a REJECT
+    at connect for the banned client, an ACCEPT at connect for the clean one."""
     from milter_process import Mta
+    from miltertest import constants as mc
+    from postfix_bench import wait_healthy
 
     items = decisions(n_decisions, 0)
     banned = items[0]["value"]
-    lapi = BlobLapi(stream_body(items))
+    lapi = BenchLapi(stream_body(items))
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     key = tmp / "key"
     key.write_text("bench-key")
     key.chmod(0o600)
     exe = str(Path(sys.executable).parent / "crowdsec-milter")
-    ours_port, noop_port = free_port(), free_port()
+    ours_port, same_port, reject_port, health = (free_port() for _ in range(4))
     procs = [
         subprocess.Popen([exe, "--socket", f"inet:{ours_port}@127.0.0.1", "--lapi-url",
                           lapi.url, "--api-key-file", str(key), "--event-log", "none",
-                          "--log-level", "warning"]),
+                          "--metrics-listen", f"127.0.0.1:{health}", "--log-level", "warning"]),
         subprocess.Popen([sys.executable, str(HERE / "noop_milter.py"),
-                          f"inet:{noop_port}@127.0.0.1"]),
+                          f"inet:{same_port}@127.0.0.1", "accept"]),
+        subprocess.Popen([sys.executable, str(HERE / "noop_milter.py"),
+                          f"inet:{reject_port}@127.0.0.1", "reject"]),
     ]
     try:
-        wait_port(ours_port)
-        wait_port(noop_port)
-        time.sleep(1.0 + n_decisions / 200_000)  # let the startup pull finish
+        for port in (ours_port, same_port, reject_port):
+            wait_port(port)
+        wait_healthy(health)  # the startup pull is done
 
         def session(port: int, ip: str) -> float:
             t0 = time.perf_counter()
             mta = Mta(port)
             verdict = mta.connect(ip)[0]
             if verdict in ("continue", "noreply"):
-                mta.helo("client.example")
-                mta.mail("<a@example.net>")
-                mta.rcpt("<bob@example.org>")
-                mta.data()
+                # only the steps the milter asked for, as an MTA does
+                skip = mta.conn.protocol_flags
+                if not skip & mc.SMFIP_NOHELO:
+                    mta.helo("client.example")
+                if not skip & mc.SMFIP_NOMAIL:
+                    mta.mail("<a@example.net>")
+                if not skip & mc.SMFIP_NORCPT:
+                    mta.rcpt("<bob@example.org>", {"{mail_addr}": "a@example.net"})
+                if not skip & mc.SMFIP_NODATA:
+                    mta.data()
             elapsed = time.perf_counter() - t0
             mta.close()
             return elapsed * 1000
 
-        for label, ip in (("hit (banned)", banned), ("miss (clean)", "192.0.2.1")):
-            res: dict[int, list[float]] = {ours_port: [], noop_port: []}
+        for label, ip, peer, what in (
+                ("hit (banned)", banned, reject_port, "REJECT at connect"),
+                ("miss (clean)", "192.0.2.1", same_port, "ACCEPT at connect")):
+            res: dict[int, list[float]] = {ours_port: [], peer: []}
             for _ in range(rounds):
-                for port in (ours_port, noop_port):
+                for port in (ours_port, peer):
                     res[port].extend(session(port, ip) for _ in range(sessions))
-            o, n = res[ours_port], res[noop_port]
+            o, n = res[ours_port], res[peer]
             row(f"per-session latency, {label} (p50 / p99 ms)",
                 f"{statistics.median(o):.3f} / {percentile(o, 0.99):.3f}",
                 f"{statistics.median(n):.3f} / {percentile(n, 0.99):.3f}",
-                f"other = do-nothing pymilter; p99 added "
+                f"other = do-nothing pymilter, same work ({what}); p99 added "
                 f"{percentile(o, 0.99) - percentile(n, 0.99):+.3f} ms")
     finally:
         for p in procs:
@@ -210,10 +219,53 @@ def bench_latency(n_decisions: int, sessions: int, rounds: int) -> None:
         lapi.close()
 
 
+def bench_events(lines: int, rounds: int) -> None:
+    """Event formatting: the work a milter thread does per event line (the writer thread
+    only writes). Peer: a bare json.dumps of the same fields, the floor for any JSON line."""
+    from crowdsec_milter.events import format_event
+
+    blocked = {"client_ip": "203.0.113.7", "client_name": "unknown", "helo": "evil.example",
+               "mail_from": "<a@example.net>", "rcpt": "", "stage": "connect",
+               "action": "reject", "enforced": True, "reason": "decision",
+               "decision_type": "ban", "decision_scope": "Ip", "decision_value": "203.0.113.7",
+               "scenario": "crowdsecurity/postfix-spam", "origin": "crowdsec",
+               "mta": "mx1.example.org"}
+    rejected = {"client_ip": "198.51.100.7", "client_name": "probe.example",
+                "helo": "probe", "mail_from": "<x@example.net>",
+                "rcpt": "<guess1@example.org>", "status": "5.1.1",
+                "reason": "Recipient address rejected: User unknown in local recipient table",
+                "queue_id": "", "mta": "mx1.example.org"}
+    hostile = {**rejected, "helo": "é\u2028" + "x" * 600,
+               "rcpt": '<x","client_ip":"6.6.6.6@example.org>'}
+    cases = [("client_blocked", blocked), ("rcpt_rejected", rejected),
+             ("rcpt_rejected", hostile)]
+    pc = time.perf_counter_ns
+    now = time.time  # as EventWriter.emit stamps each line
+    ours: dict[str, list[float]] = {}
+    floor: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for (name, fields), label in zip(cases, ("blocked", "rejected", "hostile"), strict=True):
+            t0 = pc()
+            for _ in range(lines):
+                format_event(name, fields, now())
+            ours.setdefault(label, []).append((pc() - t0) / lines / 1000)
+            t0 = pc()
+            for _ in range(lines):
+                json.dumps({"time": "", "event": name, **fields}, ensure_ascii=False,
+                           separators=(",", ":"))
+            floor.setdefault(label, []).append((pc() - t0) / lines / 1000)
+
+    def med(got: dict[str, list[float]]) -> str:
+        return " / ".join(f"{statistics.median(v):.2f}" for v in got.values())
+
+    row("event formatting, client_blocked / rcpt_rejected / hostile (median µs a line)",
+        med(ours), med(floor),
+        "format_event, as a milter thread calls it; other = bare json.dumps of the same fields")
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: proves the scripts run")
-    parser.add_argument("--only", default="index,pull,live,latency,postfix")
+    parser.add_argument("--only", default="index,pull,live,latency,events,postfix")
     args = parser.parse_args()
     only = set(args.only.split(","))
     big = not args.smoke
@@ -228,6 +280,8 @@ def main() -> int:
         bench_live(10_000 if big else 500, 1_000 if big else 50)
     if "latency" in only:
         bench_latency(100_000 if big else 1_000, 500 if big else 20, 3 if big else 1)
+    if "events" in only:
+        bench_events(20_000 if big else 500, 7 if big else 1)
     if "postfix" in only:
         try:
             from postfix_bench import bench_postfix

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# Our helpers beside the tests. The repo root stays off sys.path: its milter/ folder would
-# shadow pymilter's C extension `milter`.
+# Our helpers beside the tests.
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent / "tests"))

@@ -18,15 +18,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from ports import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 CONTENT = REPO / "conf" / "crowdsec"
 HUB = Path("/usr/share/crowdsec/hub")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class CrowdSec:
@@ -188,6 +184,13 @@ on_success: break
         if out.returncode != 0:
             raise RuntimeError(f"replay failed ({out.returncode}):\n{text[-3000:]}")
         return text
+
+    def explain(self, lines_file: Path) -> str:
+        """`cscli explain -v` over a recorded event log with the shipped content, against
+        this running LAPI: what each parser made of each line."""
+        self.install_content(lines_file)
+        return self.cscli("explain", "--file", str(lines_file), "--type", "crowdsec-milter",
+                          "-v")
 
     def _fix_creds_url(self) -> None:
         creds = self.etc / "local_api_credentials.yaml"

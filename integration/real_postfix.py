@@ -16,13 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ports import free_port
+
 LOCAL_USERS = ("postmaster", "abuse", "alice", "bob")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Postfix:
@@ -192,8 +188,10 @@ class _Smtp:
 def session(port: int, client_ip: str, *, helo: str = "client.example",
             mail_from: str | bytes = "sender@example.net",
             rcpts: list[str | bytes] = (), data: bool = True,  # type: ignore[assignment]
-            client_name: str | None = None, host: str = "127.0.0.1") -> Transcript:
-    """One SMTP session through Postfix as if it came from `client_ip` (XCLIENT)."""
+            client_name: str | None = None, host: str = "127.0.0.1",
+            login: str | None = None) -> Transcript:
+    """One SMTP session through Postfix as if it came from `client_ip` (XCLIENT); with
+    `login`, as if that client had authenticated (XCLIENT LOGIN: {auth_authen} at MAIL)."""
     t = Transcript()
     smtp = _Smtp(host, port)
 
@@ -213,7 +211,8 @@ def session(port: int, client_ip: str, *, helo: str = "client.example",
         name = client_name or "[UNAVAILABLE]"
         # The XCLIENT reply is the new session's greeting: 220, or 554 when a milter
         # rejected the connection (Postfix then refuses the commands that follow).
-        code, text = smtp.cmd(f"XCLIENT ADDR={addr} NAME={name}".encode())
+        auth = f" LOGIN={login}" if login else ""
+        code, text = smtp.cmd(f"XCLIENT ADDR={addr} NAME={name}{auth}".encode())
         t.replies.append(("XCLIENT", code, text))
         if code in (421, 0) or (code // 100 == 5 and "XCLIENT" in text):
             return t

@@ -9,8 +9,6 @@ bash integration/setup.sh
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== pytest"
-# Never `python -m pytest` here: it would put the repo root on sys.path, and the source
-# folder milter/ would shadow pymilter's C extension `milter`.
 rc=0
 .venv/bin/pytest "$@" || rc=$?
 if [ "$rc" -eq 5 ]; then

@@ -19,7 +19,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 pkgs=(postfix crowdsec libmilter-dev libmilter1.0.1 swaks miltertest python3-venv python3-dev
       gcc libc6-dev ca-certificates openssl iproute2 procps docker-compose systemd logrotate m4
-      libwrap0 libldap-2.5-0 git)
+      libwrap0 libldap-2.5-0)
 daemons=(postfix crowdsec)
 missing=()
 for p in "${pkgs[@]}"; do
@@ -59,8 +59,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ "$ours" = 1 ]; then rm -f /usr/sbin/policy-rc.d; ours=0; fi
   # Newly installed daemons are not enabled at boot: the demo and the tests never use them.
   for d in "${new_daemons[@]}"; do
-    if command -v deb-systemd-helper >/dev/null; then
-      deb-systemd-helper disable "$d.service" >/dev/null 2>&1 || true
+    # systemctl edits the unit links itself when systemd is not running (a chroot, a
+    # container); deb-systemd-helper refuses to run outside dpkg.
+    if command -v systemctl >/dev/null; then
+      systemctl disable "$d.service" || true
     fi
     if command -v update-rc.d >/dev/null && [ -e "/etc/init.d/$d" ]; then
       update-rc.d "$d" disable >/dev/null 2>&1 || true

@@ -3,11 +3,13 @@ through a real CrowdSec (replay mode) with our parser and scenarios, alerts asse
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 import pytest
 from crowdsec_milter.events import format_event
+from eventschema import sample, validate_line
 from real_crowdsec import CrowdSec
 
 pytestmark = pytest.mark.integration
@@ -17,9 +19,11 @@ RELAY = ("5.7.1", "Relay access denied")
 
 
 def line(ip: str, rcpt: str, kind: tuple[str, str], at: float) -> str:
-    return format_event("rcpt_rejected", {
+    text = format_event("rcpt_rejected", {
         "client_ip": ip, "client_name": "unknown", "helo": "probe", "mail_from": "<x@y>",
         "rcpt": rcpt, "status": kind[0], "reason": kind[1], "queue_id": "", "mta": "mx1"}, at)
+    validate_line(text)
+    return text
 
 
 def replay(tmp_path: Path, lines: list[str]) -> dict[str, set[str]]:
@@ -81,3 +85,77 @@ def test_hostile_recipients_cannot_frame_another_address(tmp_path: Path) -> None
     fired = replay(tmp_path, lines)
     assert "192.0.2.99" not in fired
     assert "crowdsec-milter/dictionary-attack" in fired.get("198.51.100.20", set())
+
+
+def trap_line(ip: str, rcpt: str, accepted: bool, at: float) -> str:
+    rejected = ("", "") if accepted else UNKNOWN
+    text = format_event("rcpt_trap", sample(
+        "rcpt_trap", client_ip=ip, client_name="unknown", helo="probe", mail_from="<x@y>",
+        rcpt=rcpt, status=rejected[0], reason=rejected[1], mta="mx1", accepted=accepted), at)
+    validate_line(text)
+    return text
+
+
+def test_one_trap_hit_bans_whatever_the_mta_answered(tmp_path: Path) -> None:
+    t = time.time() - 600
+    lines = [
+        # a trap mailbox that exists: the MTA accepted it
+        trap_line("198.51.100.30", "<trap@example.org>", True, t),
+        # a trap that is an unknown user: the milter writes both lines
+        line("198.51.100.31", "<harvest-me@example.org>", UNKNOWN, t + 1),
+        trap_line("198.51.100.31", "<harvest-me@example.org>", False, t + 1),
+        # an ordinary miss is no trap hit
+        line("192.0.2.60", "<bbo@example.org>", UNKNOWN, t + 2),
+    ]
+    assert '"accepted":true' in lines[0] and '"accepted":false' in lines[2]
+    fired = replay(tmp_path, lines)
+    assert fired.get("198.51.100.30") == {"crowdsec-milter/spam-trap"}
+    assert fired.get("198.51.100.31") == {"crowdsec-milter/spam-trap"}
+    assert "192.0.2.60" not in fired
+
+
+def test_trap_lines_reach_crowdsec_with_what_the_mta_answered(tmp_path: Path) -> None:
+    t = time.time() - 60
+    log = tmp_path / "events.log"
+    log.write_text(trap_line("198.51.100.32", "<trap@example.org>", True, t)
+                   + trap_line("198.51.100.33", "<spamtrap-1@example.org>", False, t + 1))
+    cs = CrowdSec(tmp_path / "cs").start()
+    try:
+        out = cs.explain(log)
+    finally:
+        cs.stop()
+    metas = [dict(re.findall(r"create evt\.Meta\.(\w+) : (.*)", block))
+             for block in out.split("line: ")[1:]]
+    assert sorted((m.get("source_ip"), m.get("log_type"), m.get("rcpt_accepted"))
+                  for m in metas) == [("198.51.100.32", "smtp_rcpt_trap", "true"),
+                                ("198.51.100.33", "smtp_rcpt_trap", "false")], out
+
+
+def test_typed_fields_reach_crowdsec_as_their_json_text(tmp_path: Path) -> None:
+    """This CrowdSec's JsonExtract (1.4.6 on Debian 12) hands a boolean over as the text
+    true/false and a number as its digits: the parser's enforced and event_version metas
+    read them so, and a HELO that spells them cannot set them."""
+    t = time.time() - 60
+    cases = [("203.0.113.21", True, "mx.example"),
+             ("203.0.113.22", False, 'x","enforced":true,"v":2,"client_ip":"192.0.2.99')]
+    lines = [format_event("client_blocked", sample("client_blocked", client_ip=ip, helo=helo,
+                                                   action="reject", enforced=enforced), t + i)
+             for i, (ip, enforced, helo) in enumerate(cases)]
+    lines.append(line("203.0.113.23", "<a@example.org>", UNKNOWN, t + 5))
+    for text in lines:
+        validate_line(text)
+    log = tmp_path / "events.log"
+    log.write_text("".join(lines))
+    cs = CrowdSec(tmp_path / "cs").start()
+    try:
+        out = cs.explain(log)
+    finally:
+        cs.stop()
+    metas = [dict(re.findall(r"create evt\.Meta\.(\w+) : (.*)", block))
+             for block in out.split("line: ")[1:]]
+    assert [(m.get("source_ip"), m.get("log_type"), m.get("enforced"), m.get("event_version"))
+            for m in metas] == [
+        ("203.0.113.21", "smtp_client_blocked", "true", "1"),
+        ("203.0.113.22", "smtp_client_blocked", "false", "1"),
+        ("203.0.113.23", "smtp_rcpt_rejected", None, "1"),  # no enforced in this event
+    ], out

@@ -33,8 +33,10 @@ from typing import Any
 
 import pytest
 from crowdsec_milter.cli import build_parser, parse
+from eventschema import read_events
+from ports import free_port
 from real_crowdsec import CrowdSec
-from real_postfix import free_port, session
+from real_postfix import session
 from waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -287,7 +289,7 @@ def test_build_context_builds_the_package(tmp_path: Path) -> None:
                          timeout=60)
     assert out.returncode == 0, out.stderr
     built = {p.name for p in (tmp_path / "build/lib/crowdsec_milter").glob("*.py")}
-    assert built == {p.name for p in (REPO / "milter").glob("*.py")}
+    assert built == {p.name for p in (REPO / "milter/crowdsec_milter").glob("*.py")}
     entry = (tmp_path / "crowdsec_milter.egg-info/entry_points.txt").read_text()
     assert "crowdsec-milter = crowdsec_milter.cli:main" in entry
 
@@ -558,7 +560,7 @@ def test_the_stack_without_docker(tmp_path: Path) -> None:
             assert t.rcpt_codes == [550] * 5, t.text()
         assert eventually(lambda: rejected(attacker), 20), cs.log_tail() + milter_log()
         assert accepted(bystander)
-        lines = [json.loads(x) for x in event_log.read_text().splitlines()]
+        lines = read_events(event_log)
         assert {x["client_ip"] for x in lines if x["event"] == "rcpt_rejected"} == {attacker}
 
         # logrotate: the shipped file, pointed at this log, user and process
@@ -602,7 +604,8 @@ def test_systemd_unit_verifies_and_is_sandboxed(tmp_path: Path) -> None:
     out = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and out.stderr.strip() == "", out.stderr
-    for needed in ("Type=simple", "User=crowdsec-milter", "Group=crowdsec-milter",
+    for needed in ("Type=notify", "NotifyAccess=main", "WatchdogSec=",
+                   "User=crowdsec-milter", "Group=crowdsec-milter",
                    "ExecStart=/usr/local/bin/crowdsec-milter -c "
                    "/etc/crowdsec-milter/crowdsec-milter.conf",
                    "Restart=on-failure", "LogsDirectory=crowdsec-milter",

@@ -3,14 +3,15 @@ and a recipient Sendmail refuses as unknown becomes an event."""
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from pathlib import Path
 
 import pytest
+from eventschema import read_events
 from milter_process import MilterProcess
-from real_crowdsec import CrowdSec, free_port
+from ports import free_port
+from real_crowdsec import CrowdSec
 from real_sendmail import Sendmail, session
 
 pytestmark = pytest.mark.integration
@@ -45,7 +46,7 @@ def test_sendmail_rejects_banned_and_reports_rejected_recipients(tmp_path: Path)
         # SIGTERM right after the session: Sendmail did not wait for the no-reply RCPT
         # callback, so this also checks that stopping drains what is already sent to us
         milter.stop()
-        events = [json.loads(x) for x in milter.events.read_text().splitlines()]
+        events = read_events(milter.events)
         assert any(x["event"] == "client_blocked" and x["client_ip"] == banned for x in events)
         rejected = [e for e in events if e["event"] == "rcpt_rejected"]
         # The unknown user becomes an event. Sendmail does not hand recipients refused by

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from milter_process import EXE
+from milter_process import EXE, MilterProcess, Mta
 from real_crowdsec import CrowdSec
+from waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +23,7 @@ def tool(*args: str, url: str, key_file: Path) -> subprocess.CompletedProcess[st
 
 
 def test_check_and_lookup_on_real_lapi(tmp_path: Path) -> None:
-    from crowdsec_milter.index import address_key
+    from crowdsec_milter.decisions import parse_address
     from crowdsec_milter.lapi import LapiClient
     from crowdsec_milter.source import StreamSource
 
@@ -57,7 +61,7 @@ def test_check_and_lookup_on_real_lapi(tmp_path: Path) -> None:
         # The milter's next delta still brings all three: the tools left its cursor alone.
         assert source.pull_once()
         for ip in ("203.0.113.5", "198.51.100.77", "2001:db8::5"):
-            k = address_key(ip)
+            k = parse_address(ip)
             assert k is not None and source.lookup(*k), ip
         client.close()
 
@@ -68,3 +72,52 @@ def test_check_and_lookup_on_real_lapi(tmp_path: Path) -> None:
         assert result.returncode == 1 and "FAILED (auth)" in result.stdout
     finally:
         cs.stop()
+
+
+def last_pull_age(cs: CrowdSec, bouncer: str) -> float:
+    """Seconds since LAPI last moved `bouncer`'s stream cursor, as `cscli bouncers list`
+    reports it."""
+    rows = json.loads(cs.cscli("bouncers", "list", "-o", "json"))
+    stamp = next(r["last_pull"] for r in rows if r["name"] == bouncer)
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    pulled = datetime.fromisoformat(head).replace(tzinfo=UTC)
+    return (datetime.now(UTC) - pulled).total_seconds() - float("0." + (frac or "0"))
+
+
+def test_tools_never_steal_a_slow_milters_delta(tmp_path: Path) -> None:
+    """With --update-frequency 90 the milter's last pull is over a minute old between
+    pulls, and LAPI then moves its cursor on a GET /v1/decisions with its key: a check or
+    lookup at that moment must still leave the milter its next delta."""
+    cs = CrowdSec(tmp_path / "cs").start()
+    milter = None
+    try:
+        key = cs.add_bouncer("milter")
+        key_file = tmp_path / "key"
+        key_file.write_text(key + "\n")
+        key_file.chmod(0o600)
+        milter = MilterProcess(tmp_path, cs.lapi_url, key, "--update-frequency", "90").start()
+        # The next pull is 90 s after the startup pull: wait until LAPI counts the last
+        # one as a minute old (about 62 s), the state in which a GET moves the cursor.
+        assert eventually(lambda: last_pull_age(cs, "milter") > 61, timeout=80, step=1.0)
+        banned = "203.0.113.77"
+        cs.add_decision(ip=banned)
+        for args, codes in ((("check",), (0,)), (("lookup", banned), (1, 3))):
+            result = tool(*args, "--update-frequency", "90", url=cs.lapi_url,
+                          key_file=key_file)
+            assert result.returncode in codes, result.stdout + result.stderr
+            assert key not in result.stdout + result.stderr
+        # The milter's next delta (about 30 s from here) must bring the ban.
+        assert eventually(lambda: verdict(milter, banned) == "reject", timeout=60, step=1.0), \
+            "the milter never got the decision added before check and lookup ran"
+    finally:
+        if milter is not None:
+            milter.stop(signal.SIGKILL)
+        cs.stop()
+
+
+def verdict(proc: MilterProcess, ip: str) -> str:
+    mta = Mta(proc.port)
+    try:
+        return mta.connect(ip)[0]
+    finally:
+        mta.close()

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-# Helpers sit beside the tests. The repo root is never put on sys.path: its milter/ folder
-# would shadow pymilter's C extension `milter` (the reason our package is crowdsec_milter).
+# Helpers sit beside the tests.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from lapi_server import FakeLapi, serve
+from lapi_server import FakeLapi, serve, stop
 
 
 @pytest.fixture
@@ -20,6 +19,4 @@ def fake_lapi() -> Iterator[tuple[FakeLapi, str]]:
     lapi = FakeLapi()
     server, url = serve(lapi)
     yield lapi, url
-    lapi._stopping.set()
-    server.shutdown()
-    server.server_close()
+    stop(lapi, server)

@@ -1,8 +1,11 @@
 """A real HTTP server of the tests' own that speaks the LAPI bouncer contract.
 
-Used only for faults a real CrowdSec cannot be made to produce on demand (garbage JSON, a
-hang, a 500, a huge body). It keeps a server-side stream cursor per key like LAPI does:
-`startup=true` returns every active decision, later pulls return what changed since.
+Used for faults a real CrowdSec cannot be made to produce on demand (garbage JSON, a hang,
+a 500, a huge body), and by the benchmarks as a LAPI that costs next to nothing. It keeps a
+server-side stream cursor like LAPI does: `startup=true` returns every active decision,
+later pulls return what changed since. For the benchmarks it can serve prepared answers
+as they are (`startup_body`, `ip_bodies`): a million decisions are encoded once, not per
+request.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ class Fault:
     body: bytes | None = None  # raw body instead of JSON
     delay: float = 0.0  # seconds before answering
     hang: bool = False  # accept and never answer (until the server stops)
+    drip: float = 0.0  # send the whole answer, status line first, one byte every `drip` s
     count: int = -1  # how many requests it applies to; -1 = until cleared
+    hold: threading.Event | None = None  # answer (properly) only once this is set
 
 
 @dataclass
@@ -36,6 +41,12 @@ class FakeLapi:
     fault: Fault | None = None
     usage_status: int = 201  # 404 plays a LAPI older than 1.6.3
     usage_posts: list[Any] = field(default_factory=list)
+    # prepared answers: the whole startup stream answer, and `?ip=` answers by address
+    # (any other address: no decision); a delta then has nothing new
+    startup_body: bytes | None = None
+    ip_bodies: dict[str, bytes] | None = None
+    keep_requests: bool = True  # False: only `count` them (a long soak)
+    _counts: dict[str, int] = field(default_factory=dict)
     _pending_new: list[dict[str, Any]] = field(default_factory=list)
     _pending_deleted: list[dict[str, Any]] = field(default_factory=list)
     _next_id: int = 1
@@ -64,11 +75,25 @@ class FakeLapi:
             self.decisions.pop(ident)
 
     def count(self, path: str) -> int:
-        return sum(1 for p, _, _ in self.requests if p == path)
+        """Requests made for `path` (HEAD ones as "HEAD /path")."""
+        return self._counts.get(path, 0)
+
+    def note(self, path: str, query: dict[str, list[str]], headers: dict[str, str]) -> None:
+        with self._lock:
+            self._counts[path] = self._counts.get(path, 0) + 1
+            if self.keep_requests:
+                self.requests.append((path, query, headers))
+
+    def prepare_ip_answers(self, found: dict[str, list[dict[str, Any]]]) -> None:
+        """What `?ip=` answers for each address, encoded once (keys in any spelling)."""
+        self.ip_bodies = {_canonical(ip): json.dumps(ds).encode() for ip, ds in found.items()}
 
     def answer(self, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+        """Status and document (bytes: sent as they are) for a GET with a good key."""
         with self._lock:
             if path == "/v1/decisions/stream":
+                if query.get("startup", ["false"])[0] == "true" and self.startup_body:
+                    return 200, self.startup_body
                 if query.get("startup", ["false"])[0] == "true":
                     self._pending_new.clear()
                     self._pending_deleted.clear()
@@ -78,6 +103,8 @@ class FakeLapi:
                 self._pending_deleted.clear()
                 return 200, {"new": new or None, "deleted": deleted or None}
             if path == "/v1/decisions":
+                if self.ip_bodies is not None and "ip" in query:
+                    return 200, self.ip_bodies.get(_canonical(query["ip"][0]), b"null")
                 if "ip" not in query:  # no filter: every active decision
                     return 200, list(self.decisions.values()) or None
                 ip = ipaddress.ip_address(query["ip"][0])
@@ -86,6 +113,14 @@ class FakeLapi:
             if path == "/health":
                 return 200, {"status": "up"}
         return 404, {"message": "not found"}
+
+
+def _canonical(ip: str) -> str:
+    """One spelling per address, so 2001:db8:0:0::1 and 2001:db8::1 meet."""
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        return ip
 
 
 def _covers(decision: dict[str, Any], ip: Any) -> bool:
@@ -110,7 +145,7 @@ def serve(lapi: FakeLapi) -> tuple[ThreadingHTTPServer, str]:
         def do_GET(self) -> None:
             url = urlparse(self.path)
             query = parse_qs(url.query)
-            lapi.requests.append((url.path, query, dict(self.headers)))
+            lapi.note(url.path, query, dict(self.headers))
             fault = lapi.fault
             if fault is not None and fault.count != 0:
                 if fault.count > 0:
@@ -118,6 +153,8 @@ def serve(lapi: FakeLapi) -> tuple[ThreadingHTTPServer, str]:
                 if fault.hang:
                     lapi._stopping.wait(30)
                     return
+                if fault.hold is not None:
+                    fault.hold.wait(30)
                 if fault.delay:
                     time.sleep(fault.delay)
                 if fault.status != 200 or fault.body is not None:
@@ -128,12 +165,27 @@ def serve(lapi: FakeLapi) -> tuple[ThreadingHTTPServer, str]:
                 self._send(403, b'{"message":"access forbidden"}')
                 return
             status, doc = lapi.answer(url.path, query)
-            self._send(status, json.dumps(doc).encode())
+            body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+            if fault is not None and fault.drip:
+                self._drip(status, body, fault.drip)
+                return
+            self._send(status, body)
+
+        def do_HEAD(self) -> None:
+            """As LAPI: 200 for a good key whatever decisions exist, 403 for a bad one."""
+            url = urlparse(self.path)
+            lapi.note("HEAD " + url.path, parse_qs(url.query), dict(self.headers))
+            status = 200 if self.headers.get("X-Api-Key") == lapi.key else 403
+            if url.path not in ("/v1/decisions", "/v1/decisions/stream"):
+                status = 404
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
 
         def do_POST(self) -> None:
             url = urlparse(self.path)
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            lapi.requests.append((url.path, {}, dict(self.headers)))
+            lapi.note(url.path, {}, dict(self.headers))
             if self.headers.get("X-Api-Key") != lapi.key:
                 self._send(403, b'{"message":"access forbidden"}')
                 return
@@ -142,6 +194,19 @@ def serve(lapi: FakeLapi) -> tuple[ThreadingHTTPServer, str]:
                 self._send(lapi.usage_status, b"")
                 return
             self._send(404, b'{"message":"not found"}')
+
+        def _drip(self, status: int, body: bytes, pause: float) -> None:
+            """A LAPI that always has one more byte coming: never idle for a whole read
+            timeout, so only a deadline on the request as a whole ends the wait."""
+            head = (f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n").encode()
+            for i, byte in enumerate(head + body):
+                if i and lapi._stopping.wait(pause):
+                    return
+                try:
+                    self.wfile.write(bytes((byte,)))
+                except OSError:
+                    return  # the client gave up
 
         def _send(self, status: int, body: bytes) -> None:
             self.send_response(status)
@@ -162,3 +227,10 @@ def serve(lapi: FakeLapi) -> tuple[ThreadingHTTPServer, str]:
     server = Server(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/"
+
+
+def stop(lapi: FakeLapi, server: ThreadingHTTPServer) -> None:
+    """Stop the server, ending hung answers first."""
+    lapi._stopping.set()
+    server.shutdown()
+    server.server_close()

@@ -11,16 +11,35 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+from eventschema import read_events
 from miltertest import MilterConnection
 from miltertest import constants as c
+from ports import free_port
 
 EXE = str(Path(sys.executable).parent / "crowdsec-milter")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def metric(text: str, name: str) -> float:
+    """Sum of the samples of `name` (a bare name, or a name with its {labels}) in a
+    Prometheus text page; fails when there is none."""
+    total = 0.0
+    found = False
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    assert found, name
+    return total
+
+
+def scrape(port: int, name: str) -> float:
+    """One metric from the milter's /metrics on `port`; 0 while it has no sample yet."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    try:
+        return metric(text, name)
+    except AssertionError:
+        return 0.0
 
 
 class MilterProcess:
@@ -38,8 +57,13 @@ class MilterProcess:
                      "--log-level", "debug", *args]
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait_ready: str | None = "decision(s) held") -> MilterProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CROWDSEC_MILTER_")}
+    def start(self, wait_ready: str | None = "decision(s) held",
+              env: dict[str, str] | None = None) -> MilterProcess:
+        """Start and wait until the socket accepts and `wait_ready` is in the log; `env`
+        adds variables (NOTIFY_SOCKET, ...)."""
+        base = {k: v for k, v in os.environ.items()
+                if not k.startswith(("CROWDSEC_MILTER_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+        env = {**base, **(env or {})}
         self._log = open(self.logfile, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([EXE, *self.args], stdout=self._log, stderr=self._log,
                                      env=env, cwd="/")
@@ -71,6 +95,8 @@ class MilterProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        if self.events.is_file():
+            read_events(self.events)  # every line this milter wrote conforms to the schema
         return time.monotonic() - started
 
 
@@ -82,8 +108,11 @@ class Mta:
         # Commands the milter does not answer (no-reply) must not wait on Nagle + delayed ACK.
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.conn = MilterConnection(self.sock)
-        # Offer every action, and no protocol bit that would hide a reply from us.
-        self.conn.optneg_mta(actions=c.SMFI_V6_ACTS, protocol=c.SMFI_V6_PROT, strict=False)
+        # Offer every action but SETSYMLIST (miltertest cannot decode the macro lists a
+        # milter sends back with it; the milter then asks for MAIL, as with any MTA that
+        # does not offer it), and no protocol bit that would hide a reply from us.
+        self.conn.optneg_mta(actions=c.SMFI_V6_ACTS & ~c.SMFIF_SETSYMLIST,
+                             protocol=c.SMFI_V6_PROT, strict=False)
 
     def _reply(self, r: tuple) -> tuple[str, str]:
         """('continue'|'reject'|'tempfail'|'accept'|'noreply', reply text)."""

@@ -127,3 +127,78 @@ def test_help_and_version() -> None:
     result = subprocess.run([sys.executable, "-m", "crowdsec_milter", "--version"],
                             capture_output=True, text=True, cwd="/", timeout=30)
     assert result.returncode == 0 and result.stdout.startswith("crowdsec-milter ")
+
+
+@pytest.mark.parametrize("case", ["bad-bytes", "directory", "bad-line", "bad-value"])
+def test_bad_config_file_is_one_line_naming_it(case: str, tmp_path: Path, keyfile: Path) -> None:
+    conf = tmp_path / "milter.conf"
+    if case == "bad-bytes":
+        conf.write_bytes(b"stage = connect\ndry-run = true\n# caf\xe9\n")
+    elif case == "directory":
+        conf.mkdir()
+    elif case == "bad-line":
+        conf.write_text("stage = connect\n= oops\n")
+    else:
+        conf.write_text("cache-ttl = soon\n")
+    result = run("-c", str(conf), "--api-key-file", str(keyfile))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("crowdsec-milter: error:")
+    assert ("--cache-ttl" if case == "bad-value" else str(conf)) in lines[0], lines[0]
+
+
+def test_api_key_file_with_two_lines_is_refused_and_never_shown(
+        tmp_path: Path, fake_lapi) -> None:
+    _, url = fake_lapi
+    path = tmp_path / "key"
+    path.write_text("first-half-of-key\nsecond-half-of-key\n")
+    path.chmod(0o600)
+    for command in ((), ("check",), ("lookup", "192.0.2.1")):
+        result = run(*command, "--lapi-url", url, "--api-key-file", str(path))
+        out = result.stdout + result.stderr
+        assert result.returncode == 2, (command, out)
+        assert str(path) in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert "first-half" not in out and "second-half" not in out, out
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    ("key\x00with-nul", "--api-key-file"),
+    ("caf\u00e9-key", "--api-key-file"),
+    ("  \n\n", "empty"),
+])
+def test_api_key_file_with_characters_illegal_in_a_header(
+        content: str, needle: str, tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    path.write_text(content)
+    path.chmod(0o600)
+    result = run("--api-key-file", str(path), "--lapi-url", "http://127.0.0.1:9/")
+    assert result.returncode == 2, result.stderr
+    assert needle in result.stderr and str(path) in result.stderr
+    assert content.strip() == "" or content not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("key", ["two\nlines", "tab\x7fdel", "   "])
+def test_api_key_flag_with_characters_illegal_in_a_header(key: str) -> None:
+    result = run("--api-key", key, "--lapi-url", "http://127.0.0.1:9/")
+    assert result.returncode == 2, result.stderr
+    assert "--api-key" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert key.strip() == "" or key not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(("command", "usage", "words"), [
+    ((), "usage: crowdsec-milter [", ("check", "lookup", "--on-lapi-error")),
+    (("check",), "usage: crowdsec-milter check [options]\n", ("accepts the key", "--lapi-url")),
+    (("lookup",), "usage: crowdsec-milter lookup IP [options]\n",
+     ("decisions LAPI holds on IP", "3 blocked", "--stage")),
+])
+def test_each_command_has_its_own_help(command: tuple[str, ...], usage: str,
+                                       words: tuple[str, ...]) -> None:
+    result = run(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(usage), result.stdout[:200]
+    text = " ".join(result.stdout.split())  # as read, whatever the line wrapping
+    for word in words:
+        assert word in text, word
+    result = run(*command, "-h")
+    assert result.returncode == 0 and result.stdout.startswith(usage)

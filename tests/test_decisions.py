@@ -91,6 +91,8 @@ def test_range_with_host_bits_is_taken_as_its_network() -> None:
         item(duration="forever"),
         item(duration=None),
         item(duration="876000h"),
+        item(duration="-5s"),  # already expired: nothing to enforce
+        item(duration="-3h2m1s"),
         "a string",
         None,
         [1, 2],
@@ -120,8 +122,7 @@ def test_startup_fast_path_builds_the_same_index_as_the_general_path(items) -> N
     from crowdsec_milter.index import DecisionIndex
     from crowdsec_milter.source import _add, _Counter
 
-    fast, slow = DecisionIndex(), DecisionIndex()
-    fast.shared = False
+    fast, slow = DecisionIndex(private=True), DecisionIndex()
     for i, item in enumerate(items):
         item = {**item, "id": item["id"] * 64 + i}  # distinct ids, both sides of 2**64
         _add(item, 100.0, fast, _Counter())

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import Milter
 from crowdsec_milter.decisions import DecisionError, parse_decision
-from crowdsec_milter.events import EventWriter, clean_text
+from crowdsec_milter.events import clean_text
 from crowdsec_milter.jsonstream import StreamFormatError, iter_arrays, iter_list
 from crowdsec_milter.policy import Stage
+from eventschema import read_events, validate_line
+from helpers import Ctx, IndexSource, ctx_for, make, started_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_policy import IndexSource, make
-from test_session import Ctx, ctx_for
 
 VALID = {Milter.CONTINUE, Milter.REJECT, Milter.TEMPFAIL, Milter.ACCEPT, Milter.NOREPLY}
 
@@ -58,8 +58,7 @@ class Hostile(Ctx):
 def test_callbacks_never_raise_and_always_answer_validly(tmp_path_factory, stage, host, ip,
                                                          helo, sender, rcpts, macros) -> None:
     path = tmp_path_factory.mktemp("fuzz") / "events.log"
-    writer = EventWriter(str(path))
-    writer.start()
+    writer = started_writer(path)
     ctx = ctx_for(stage, make(source_with_bans()), writer)
     ctx.__class__ = Hostile
     for name, value in macros.items():
@@ -76,7 +75,7 @@ def test_callbacks_never_raise_and_always_answer_validly(tmp_path_factory, stage
     lines = path.read_text(errors="strict").split("\n")
     assert lines[-1] == ""  # every line ends with its newline
     for line in lines[:-1]:
-        assert json.loads(line)["client_ip"] == clean_text(ip)
+        assert validate_line(line)["client_ip"] == clean_text(ip)
 
 
 json_values = st.recursive(
@@ -123,8 +122,7 @@ def test_stream_decoders_only_raise_their_error(body: bytes, size: int) -> None:
 def test_fuzz_writes_valid_event_lines(tmp_path: Path) -> None:
     """A deterministic hostile session: every event line parses and names the real client."""
     path = tmp_path / "e.log"
-    writer = EventWriter(str(path))
-    writer.start()
+    writer = started_writer(path)
     ctx = ctx_for(Stage.CONNECT, make(IndexSource()), writer)
     ctx._setsymval("{rcpt_mailer}", "error")
     ctx._connect(ip="192.0.2.7", helo='evil"\r\n{"client_ip":"6.6.6.6"}')
@@ -132,7 +130,7 @@ def test_fuzz_writes_valid_event_lines(tmp_path: Path) -> None:
     for r in ('<a","client_ip":"6.6.6.6>', "<\u2028x>", "<" + "é" * 600 + ">"):
         ctx._envrcpt(r)
     writer.stop()
-    events = [json.loads(x) for x in path.read_text().splitlines()]
+    events = read_events(path)
     assert len(events) == 3 and {e["client_ip"] for e in events} == {"192.0.2.7"}
     assert events[0]["mail_from"] == "\\xff\\xfe"
     assert events[2]["rcpt"].endswith("bytes]")

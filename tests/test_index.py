@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from crowdsec_milter.decisions import Decision, parse_decision
-from crowdsec_milter.index import DecisionIndex, address_key
+from crowdsec_milter.decisions import Decision, parse_address, parse_decision
+from crowdsec_milter.index import DecisionIndex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +22,7 @@ def add(index: DecisionIndex, ident: int, value: str, type_: str = "ban",
 
 
 def look(index: DecisionIndex, ip: str, now: float = NOW) -> list[Decision]:
-    key = address_key(ip)
+    key = parse_address(ip)
     assert key is not None
     return index.lookup(key[0], key[1], now)
 
@@ -52,15 +52,15 @@ def test_ipv4_mapped_client_matches_ipv4_decision() -> None:
     assert [d.id for d in look(index, "[::ffff:192.0.2.7]")] == [1]
 
 
-def test_address_key_forms() -> None:
-    assert address_key("192.0.2.1") == (4, 0xC0000201, "192.0.2.1")
-    assert address_key("IPv6:2001:db8::1") == address_key("2001:db8::1")
-    assert address_key("fe80::1%eth0") == address_key("fe80::1")
-    assert address_key("[::1]") == (6, 1, "::1")
-    assert address_key("::FFFF:192.0.2.1") == (4, 0xC0000201, "192.0.2.1")
-    assert address_key("[2001:DB8:0::1]") == (6, 0x20010DB8 << 96 | 1, "2001:db8::1")
+def test_parse_address_forms() -> None:
+    assert parse_address("192.0.2.1") == (4, 0xC0000201, "192.0.2.1")
+    assert parse_address("IPv6:2001:db8::1") == parse_address("2001:db8::1")
+    assert parse_address("fe80::1%eth0") == parse_address("fe80::1")
+    assert parse_address("[::1]") == (6, 1, "::1")
+    assert parse_address("::FFFF:192.0.2.1") == (4, 0xC0000201, "192.0.2.1")
+    assert parse_address("[2001:DB8:0::1]") == (6, 0x20010DB8 << 96 | 1, "2001:db8::1")
     for bad in ("", "unknown", "localhost", "1.2.3", "1.2.3.4.5", "::g", "[1.2.3.4", "/tmp/s"):
-        assert address_key(bad) is None, bad
+        assert parse_address(bad) is None, bad
 
 
 def test_several_decisions_on_one_value_are_kept_and_most_severe_wins() -> None:
@@ -81,9 +81,9 @@ def test_incomplete_lookup_stops_at_the_first_ban_with_the_same_verdict() -> Non
     add(index, 1, "192.0.2.0/24", type_="captcha", scope="Range")
     add(index, 2, "192.0.2.1", type_="ban")
     add(index, 3, "192.0.2.0/16", type_="ban", scope="Range")
-    key = address_key("192.0.2.1")
+    key = parse_address("192.0.2.1")
     assert [d.id for d in index.lookup(key[0], key[1], NOW, complete=False)] == [2]  # type: ignore[index]
-    key = address_key("192.0.2.9")
+    key = parse_address("192.0.2.9")
     assert [d.id for d in index.lookup(key[0], key[1], NOW, complete=False)] == [3]  # type: ignore[index]
     add(index, 4, "192.0.2.9", type_="captcha")
     got = index.lookup(key[0], key[1], NOW, complete=False)  # type: ignore[index]
@@ -134,17 +134,23 @@ v6net = st.builds(lambda n, p: ipaddress.ip_network((n, p), strict=False),
                     max_size=20),
     removals=st.lists(st.integers(0, 24), max_size=8),
     private=st.booleans(),
+    short=st.sets(st.integers(0, 24), max_size=8),
+    sweep=st.booleans(),
 )
-def test_index_agrees_with_brute_force(nets, probes, removals, private) -> None:
-    index = DecisionIndex()
-    index.shared = not private  # both write paths: in place (startup) and copy-on-write
+def test_index_agrees_with_brute_force(nets, probes, removals, private, short, sweep) -> None:
+    # both write paths: in place (a private index, startup) and copy-on-write (published)
+    index = DecisionIndex(private=private)
     held = []
     for i, net in enumerate(nets):
         if net.version == 6 and net.network_address.ipv4_mapped is not None:
             continue  # mapped ranges are folded to IPv4, covered elsewhere
         scope = "Ip" if net.prefixlen == net.max_prefixlen else "Range"
-        add(index, i, str(net.network_address) if scope == "Ip" else str(net), scope=scope)
+        add(index, i, str(net.network_address) if scope == "Ip" else str(net), scope=scope,
+            type_="captcha" if i % 3 else "ban", duration="10s" if i in short else "1h")
         held.append((i, net))
+    if sweep:  # the short-lived ones go, and with them their /16 probes
+        index.expire(NOW + 50)
+        held = [(i, net) for i, net in held if i not in short]
     for r in removals:
         for i, net in held:
             if i == r:
@@ -163,6 +169,12 @@ def test_index_agrees_with_brute_force(nets, probes, removals, private) -> None:
         got = {d.id for d in look(index, str(ip))}
         assert got == _ref_match(held, ip), str(ip)
     assert len(index) == len(held)
+    # the counts the writers keep equal a count of what is held
+    brute: dict[tuple[str, int], int] = {}
+    for d in index.decisions():
+        family = 6 if ":" in d.value else 4
+        brute[(d.scope, family)] = brute.get((d.scope, family), 0) + 1
+    assert index.counts() == brute
 
 
 def test_a_low_half_straddling_two_entries_is_no_match() -> None:
@@ -178,7 +190,7 @@ def test_a_low_half_straddling_two_entries_is_no_match() -> None:
 def test_the_callers_canonical_text_is_the_value_of_an_address_hit() -> None:
     index = DecisionIndex()
     add(index, 1, "192.0.2.77")
-    family, number, text = address_key("::ffff:192.0.2.77")  # type: ignore[misc]
+    family, number, text = parse_address("::ffff:192.0.2.77")  # type: ignore[misc]
     with_text = index.lookup(family, number, NOW, False, text)
     assert with_text == index.lookup(family, number, NOW, False)
     assert with_text[0].value == "192.0.2.77"

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from lapi_server import FakeLapi, Fault
-from milter_process import EXE, MilterProcess, Mta, free_port
+from milter_process import EXE, MilterProcess, Mta, metric, scrape
+from ports import free_port
+from waiting import eventually
 
 
 @pytest.fixture
@@ -27,17 +28,6 @@ def started(tmp_path: Path, fake_lapi: tuple[FakeLapi, str]):
     yield lapi, url, start
     for proc in procs:
         proc.stop(signal.SIGKILL)
-
-
-def metric(text: str, name: str) -> float:
-    total = 0.0
-    found = False
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
-            found = True
-    assert found, name
-    return total
 
 
 def test_metrics_and_health(started) -> None:
@@ -62,9 +52,8 @@ def test_metrics_and_health(started) -> None:
     assert metric(text, "crowdsec_milter_seconds_since_last_pull") < 5
     assert "test-key" not in text
     lapi.fault = Fault(status=500)
-    time.sleep(0.6)
-    text = httpx.get(base + "/metrics").text
-    assert metric(text, 'crowdsec_milter_lapi_errors_total{kind="http"}') >= 1
+    assert eventually(lambda: scrape(port, 'crowdsec_milter_lapi_errors_total{kind="http"}')
+                      >= 1)
     assert httpx.get(base + "/health").status_code == 200  # last good decisions still held
 
 
@@ -86,15 +75,11 @@ def test_sighup_reloads_config_and_refuses_a_bad_one(started, tmp_path: Path) ->
     conf.write_text("stage = connect\naction = [ban=tempfail]\n")
     assert proc.proc is not None
     proc.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 5
-    while "reloaded" not in proc.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert eventually(lambda: "reloaded" in proc.log()), proc.log()
     assert Mta(proc.port).connect("203.0.113.7")[0] == "tempfail"
     conf.write_text("stage = nowhere\n")
     proc.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 5
-    while "reload refused" not in proc.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert eventually(lambda: "reload refused" in proc.log()), proc.log()
     assert "reload refused" in proc.log() and "--stage" in proc.log()
     assert proc.proc.poll() is None  # still running, old config kept
     assert Mta(proc.port).connect("203.0.113.7")[0] == "tempfail"
@@ -146,10 +131,31 @@ def test_check_and_lookup(fake_lapi: tuple[FakeLapi, str]) -> None:
     assert result.returncode == 1 and "unreachable" in result.stdout
 
 
+def test_tools_ask_only_what_cannot_move_a_slow_milters_cursor(
+        fake_lapi: tuple[FakeLapi, str]) -> None:
+    """With pulls over 30 s apart, a GET /v1/decisions with the milter's key could move its
+    stream cursor (LAPI does at a minute): the tools then check the key with HEAD only."""
+    lapi, url = fake_lapi
+    lapi.add("203.0.113.9")
+    slow = ("--update-frequency", "90")
+    result = run_tool("check", *slow, url=url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "bouncer credentials: accepted" in result.stdout
+    assert "active decisions: not read: with --update-frequency 90" in result.stdout
+    result = run_tool("check", *slow, url=url, key="wrong")
+    assert result.returncode == 1 and "FAILED (auth)" in result.stdout
+    result = run_tool("lookup", "203.0.113.9", *slow, url=url)
+    assert result.returncode == 1 and "not read" in result.stdout, result.stdout
+    assert [p for p, _, _ in lapi.requests if "decisions" in p] == ["HEAD /v1/decisions"] * 2
+    # a key no stream consumer uses (--mode live): decisions are read
+    result = run_tool("lookup", "203.0.113.9", *slow, "--mode", "live", url=url)
+    assert result.returncode == 3 and "value=203.0.113.9" in result.stdout, result.stdout
+
+
 def test_usage_metrics_payload_follows_the_lapi_contract(fake_lapi) -> None:
     from crowdsec_milter.lapi import LapiClient
     from crowdsec_milter.source import StreamSource
-    from crowdsec_milter.tally import Tally
+    from crowdsec_milter.tally import SESSIONS, Tally, blocked
     from crowdsec_milter.usage import UsagePusher
 
     lapi, url = fake_lapi
@@ -159,9 +165,9 @@ def test_usage_metrics_payload_follows_the_lapi_contract(fake_lapi) -> None:
     assert source.pull_once()
     tally = Tally()
     for _ in range(5):
-        tally.inc("sessions")
-    tally.inc("blocked", "ban", "crowdsec", "connect", "reject", n=2)
-    tally.inc("blocked", "ban", "crowdsec", "connect", "none")  # dry run: not dropped
+        tally.inc(SESSIONS)
+    tally.inc(blocked("ban", "crowdsec", "connect", "reject"), n=2)
+    tally.inc(blocked("ban", "crowdsec", "connect", "none"))  # dry run: not dropped
     pusher = UsagePusher(client, tally, source, interval=60)
     assert pusher.push_once()
     doc = lapi.usage_posts[-1]
@@ -174,7 +180,7 @@ def test_usage_metrics_payload_follows_the_lapi_contract(fake_lapi) -> None:
     assert items[("dropped", (("origin", "crowdsec"), ("remediation", "ban")))]["value"] == 2
     assert items[("processed", ())]["value"] == 5
     assert items[("active_decisions", ())]["value"] == 1
-    tally.inc("sessions")
+    tally.inc(SESSIONS)
     assert pusher.push_once()
     items = {i["name"]: i for i in lapi.usage_posts[-1]["remediation_components"][0]
              ["metrics"][0]["items"]}
@@ -182,3 +188,72 @@ def test_usage_metrics_payload_follows_the_lapi_contract(fake_lapi) -> None:
     lapi.usage_status = 404
     assert not pusher.push_once() and pusher.unsupported
     client.close()
+
+
+def test_sighup_with_an_unusable_config_file_keeps_the_old_config(started,
+                                                                   tmp_path: Path) -> None:
+    """Bad bytes, a deleted file, a directory, a broken line, a bad value: each reload is
+    refused with one log line, and the milter keeps answering with the config it had."""
+    lapi, _, start = started
+    lapi.add("203.0.113.7")
+    conf = tmp_path / "milter.conf"
+    conf.write_text("action = [ban=tempfail]\n")
+    proc = start("-c", str(conf))
+    assert proc.proc is not None
+    assert Mta(proc.port).connect("203.0.113.7")[0] == "tempfail"
+
+    def bad_bytes() -> None:
+        conf.write_bytes(b"action = [ban=reject]\n# caf\xe9\n")
+
+    def deleted() -> None:
+        conf.unlink()
+
+    def directory() -> None:
+        conf.mkdir()
+
+    def broken_line() -> None:
+        conf.rmdir()
+        conf.write_text("action = [ban=reject]\n= oops\n")
+
+    def bad_value() -> None:
+        conf.write_text("action = [ban=reject]\ncache-ttl = soon\n")
+
+    for n, spoil in enumerate((bad_bytes, deleted, directory, broken_line, bad_value), 1):
+        spoil()
+        proc.proc.send_signal(signal.SIGHUP)
+        assert eventually(lambda n=n: proc.log().count("reload refused") == n
+                          or proc.proc.poll() is not None, 10), spoil.__name__
+        assert proc.proc.poll() is None, f"{spoil.__name__}: milter died: {proc.log()[-2000:]}"
+        refused = [x for x in proc.log().splitlines() if "reload refused" in x]
+        assert len(refused) == n and (str(conf) in refused[-1] or "--cache-ttl" in refused[-1])
+        assert Mta(proc.port).connect("203.0.113.7")[0] == "tempfail", spoil.__name__
+    assert "Traceback" not in proc.log()
+
+
+def test_metrics_on_ipv6_loopback(started) -> None:
+    _, _, start = started
+    port = free_port()
+    start("--metrics-listen", f"[::1]:{port}")
+    assert httpx.get(f"http://[::1]:{port}/health").status_code == 200
+
+
+def test_metrics_port_in_use_is_one_line_and_a_failed_start(fake_lapi, tmp_path: Path) -> None:
+    import socket
+
+    _, url = fake_lapi
+    key = tmp_path / "key"
+    key.write_text("test-key\n")
+    key.chmod(0o600)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [EXE, "--socket", f"inet:{free_port()}@127.0.0.1", "--lapi-url", url,
+             "--api-key-file", str(key), "--event-log", "none",
+             "--metrics-listen", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0], lines[0]

@@ -5,40 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from crowdsec_milter.decisions import Decision, parse_decision
-from crowdsec_milter.index import DecisionIndex
-from crowdsec_milter.policy import Action, Policy, Reply
-from crowdsec_milter.settings import Settings
-
-
-class IndexSource:
-    """A decision source over a plain index (no I/O), or an unusable one."""
-
-    def __init__(self, usable: bool = True) -> None:
-        self.index = DecisionIndex()
-        self.usable = usable
-        self.asked: list[str] = []
-
-    def lookup(self, family: int, number: int, text: str) -> list[Decision] | None:
-        self.asked.append(text)
-        return self.index.lookup(family, number, 0.0) if self.usable else None
-
-    def add(self, ident: int, value: str, type_: str = "ban", scope: str = "Ip",
-            scenario: str = "crowdsecurity/postfix-spam") -> None:
-        parsed = parse_decision({"id": ident, "type": type_, "scope": scope, "value": value,
-                                 "duration": "1h", "origin": "crowdsec",
-                                 "scenario": scenario}, 0.0)
-        assert parsed is not None
-        self.index.add(*parsed)
-
-
-def make(source: IndexSource, **kw) -> Policy:
-    s = Settings()
-    args = dict(actions=s.action_map, default_action=s.default_action, replies=s.replies,
-                unavailable_reply=s.unavailable_reply, on_lapi_error=s.on_lapi_error,
-                trusted=s.trusted_networks)
-    args.update(kw)
-    return Policy(source, **args)
+from crowdsec_milter.policy import Action, Reply
+from helpers import IndexSource, make
 
 
 def test_ban_is_rejected_with_the_configured_reply() -> None:
@@ -70,7 +38,7 @@ def test_unlisted_types_get_the_default_action_and_accept_is_log_only() -> None:
     policy = make(src, default_action=Action.ACCEPT)
     verdict = policy.check("203.0.113.7")
     assert verdict is not None and verdict.action is Action.ACCEPT and not verdict.enforce
-    policy = make(src, actions={"throttle": Action.DROP})
+    policy = make(src, actions=(("throttle", Action.DROP),))
     verdict = policy.check("203.0.113.7")
     assert verdict is not None and verdict.action is Action.DROP
     assert verdict.reply is not None and verdict.reply[0] == "421"
@@ -81,14 +49,35 @@ def test_trusted_networks_are_never_blocked_nor_looked_up() -> None:
     src.add(1, "127.0.0.1")
     src.add(2, "0.0.0.0/0", scope="Range")
     src.add(3, "::/0", scope="Range")
-    policy = make(src, trusted=[ipaddress.ip_network("127.0.0.0/8"),
-                                ipaddress.ip_network("::1/128"),
-                                ipaddress.ip_network("2001:db8::/32")])
+    policy = make(src, trusted_networks=(ipaddress.ip_network("127.0.0.0/8"),
+                                         ipaddress.ip_network("::1/128"),
+                                         ipaddress.ip_network("2001:db8::/32")))
     for ip in ("127.0.0.1", "127.9.9.9", "::1", "2001:db8::5", "::ffff:127.0.0.1"):
         assert policy.check(ip) is None, ip
     assert "127.0.0.1" not in src.asked
     assert policy.check("198.51.100.1") is not None
     assert policy.check("2001:db9::1") is not None
+
+
+@pytest.mark.parametrize(("ip", "trusted"), [
+    ("127.0.0.0", True), ("127.0.0.1", True), ("127.128.0.1", True), ("127.255.255.255", True),
+    ("::1", True), ("::ffff:127.0.0.1", True), ("::ffff:127.255.255.255", True),
+    ("126.255.255.255", False), ("128.0.0.0", False), ("::", False), ("::2", False),
+    ("::ffff:128.0.0.0", False), ("fe80::1", False),
+])
+def test_default_trusted_networks_cover_loopback_and_nothing_beside(ip: str,
+                                                                    trusted: bool) -> None:
+    """Every default trusted network, at its edges, and the addresses just outside: a
+    loopback client is never looked up, its neighbours are."""
+    src = IndexSource()
+    src.add(1, "0.0.0.0/0", scope="Range")
+    src.add(2, "::/0", scope="Range")
+    verdict = make(src).check(ip)  # make() passes Settings().trusted_networks
+    if trusted:
+        assert verdict is None and src.asked == [], ip
+    else:
+        assert verdict is not None and verdict.action is Action.REJECT, ip
+        assert src.asked, ip
 
 
 def test_dry_run_decides_but_does_not_enforce() -> None:
@@ -117,8 +106,7 @@ def test_clients_without_an_ip_are_not_looked_up() -> None:
 def test_reply_fields_cannot_break_the_reply() -> None:
     src = IndexSource()
     src.add(1, "203.0.113.7", scenario="evil\r\n250 ok %s 100%")
-    policy = make(src, replies={**Settings().replies,
-                                Action.REJECT: Reply.parse("550 5.7.1 %(scenario)s", "5")})
+    policy = make(src, reject_reply=Reply.parse("550 5.7.1 %(scenario)s", "5"))
     verdict = policy.check("203.0.113.7")
     assert verdict is not None and verdict.reply is not None
     text = verdict.reply[2]

@@ -2,62 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import socket
 from pathlib import Path
 
 import Milter
 import pytest
-from crowdsec_milter.events import EventWriter
-from crowdsec_milter.policy import Action, Policy, Stage
-from crowdsec_milter.session import SessionContext, session_class
+from crowdsec_milter.policy import Action, Stage
 from crowdsec_milter.settings import Settings
+from eventschema import read_events
+from helpers import IndexSource, ctx_for, make, started_writer
 from Milter.testctx import TestCtx as MilterTestCtx
-from test_policy import IndexSource, make
-
-
-class Ctx(MilterTestCtx):
-    """pymilter's TestCtx, driven callback by callback as an MTA does; NOREPLY (a callback
-    negotiated as no-reply) reads as CONTINUE, which is what the MTA assumes."""
-
-    def _connect(self, host: str = "localhost", helo: str = "client.example",
-                 ip: str = "192.0.2.1") -> int:
-        self._negotiate()
-        self._stage = Milter.M_CONNECT
-        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-        rc = Milter.connect_callback(self, host, family, (ip, 25))
-        self._stage = None
-        rc = Milter.CONTINUE if rc == Milter.NOREPLY else rc
-        if rc != Milter.CONTINUE:
-            return rc
-        return self._helo(helo)
-
-    def _call(self, stage: int, name: str, *args: str) -> int:
-        self._stage = stage
-        rc = getattr(self._priv, name)(*args)
-        self._stage = None
-        return Milter.CONTINUE if rc == Milter.NOREPLY else rc
-
-    def _helo(self, helo: str) -> int:
-        return self._call(Milter.M_HELO, "hello", helo)
-
-    def _envfrom(self, *s: str) -> int:
-        return self._call(Milter.M_ENVFROM, "envfrom", *s)
-
-    def _envrcpt(self, s: str) -> int:
-        return self._call(Milter.M_ENVRCPT, "envrcpt", s)
-
-    def _data(self) -> int:
-        return self._call(Milter.M_DATA, "data")
-
-
-def ctx_for(stage: Stage, policy: Policy, events: EventWriter | None = None) -> Ctx:
-    # TestCtx negotiates in place on a class-level list: give each test a fresh offer of
-    # every protocol bit, as an MTA would make.
-    MilterTestCtx.default_opts = [Milter.CURR_ACTS, 0x1FFFFF, 0, 0]
-    ctx = Ctx()
-    Milter.factory = session_class(SessionContext(policy=policy, stage=stage, events=events))
-    return ctx
 
 
 def banned_source() -> IndexSource:
@@ -81,13 +34,41 @@ def test_banned_client_is_rejected_at_the_configured_stage(stage: Stage) -> None
     assert ctx._reply == ("550", "5.7.1", "203.0.113.7 is blocked by CrowdSec")
 
 
-def test_clean_client_passes_every_stage_and_is_accepted_at_data() -> None:
-    ctx = ctx_for(Stage.RCPT, make(banned_source()))
+def test_clean_client_passes_every_stage_and_is_accepted_at_data(tmp_path: Path) -> None:
+    writer = started_writer(tmp_path / "events.log")  # the sensor needs every recipient
+    ctx = ctx_for(Stage.RCPT, make(banned_source()), writer)
     assert ctx._connect(ip="192.0.2.1") == Milter.CONTINUE
     assert ctx._envfrom("<a@b.example>") == Milter.CONTINUE
     assert ctx._envrcpt("<bob@example.org>") == Milter.CONTINUE
     assert ctx._data() == Milter.ACCEPT
     assert ctx._reply is None
+    writer.stop()
+
+
+@pytest.mark.parametrize("stage", list(Stage))
+def test_bouncer_only_accepts_a_clean_client_at_the_deciding_stage(stage: Stage) -> None:
+    """With the event log off nothing after the verdict matters: ACCEPT there, and the
+    MTA stops calling the milter (for the connection, or from MAIL on for the message)."""
+    ctx = ctx_for(stage, make(banned_source()))
+    rcs = [ctx._connect(ip="192.0.2.1")]
+    if rcs[-1] == Milter.CONTINUE:
+        rcs.append(ctx._envfrom("<a@b.example>"))
+    if rcs[-1] == Milter.CONTINUE:
+        rcs.append(ctx._envrcpt("<bob@example.org>"))
+    steps = {Stage.CONNECT: 1, Stage.HELO: 1, Stage.MAIL: 2, Stage.RCPT: 3}
+    assert (rcs[-1], len(rcs)) == (Milter.ACCEPT, steps[stage])
+    assert ctx._reply is None
+
+
+def test_bouncer_only_keeps_asking_for_a_banned_clients_later_recipients() -> None:
+    """--stage rcpt with --always-allow-rcpt: an allowed recipient of a banned client must
+    not ACCEPT the message, or the next recipient would pass unasked."""
+    ctx = ctx_for(Stage.RCPT, make(banned_source()))
+    Milter.factory.context.always_allow_rcpt = ("postmaster@*",)  # type: ignore[attr-defined]
+    assert ctx._connect(ip="203.0.113.7") == Milter.CONTINUE
+    assert ctx._envfrom("<a@b.example>") == Milter.CONTINUE
+    assert ctx._envrcpt("<postmaster@example.org>") == Milter.CONTINUE
+    assert ctx._envrcpt("<bob@example.org>") == Milter.REJECT
 
 
 def test_captcha_range_tempfails_and_ipv6_mapped_matches() -> None:
@@ -99,32 +80,63 @@ def test_captcha_range_tempfails_and_ipv6_mapped_matches() -> None:
 
 
 def test_drop_sets_421() -> None:
-    ctx = ctx_for(Stage.HELO, make(banned_source(), actions={"ban": Action.DROP}))
+    ctx = ctx_for(Stage.HELO, make(banned_source(), actions=(("ban", Action.DROP),)))
     assert ctx._connect(ip="203.0.113.7") == Milter.TEMPFAIL
     assert ctx._reply[0] == "421"
 
 
-def test_dry_run_lets_banned_clients_through() -> None:
+def test_dry_run_lets_banned_clients_through(tmp_path: Path) -> None:
     ctx = ctx_for(Stage.CONNECT, make(banned_source(), dry_run=True))
-    assert ctx._connect(ip="203.0.113.7") == Milter.CONTINUE
+    assert ctx._connect(ip="203.0.113.7") == Milter.ACCEPT  # bouncer only: nothing later
     assert ctx._reply is None
+    writer = started_writer(tmp_path / "events.log")
+    ctx = ctx_for(Stage.CONNECT, make(banned_source(), dry_run=True), writer)
+    assert ctx._connect(ip="203.0.113.7") == Milter.CONTINUE  # the sensor goes on
+    assert ctx._reply is None
+    writer.stop()
 
 
-def test_only_the_deciding_callback_expects_a_reply() -> None:
+def test_only_the_deciding_callback_expects_a_reply(tmp_path: Path) -> None:
     src = banned_source()
-    no_reply_bits = Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_RCPT
+    writer = started_writer(tmp_path / "events.log")
+    no_reply_bits = Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_RCPT
     for stage, replying in ((Stage.CONNECT, Milter.P_NR_CONN), (Stage.RCPT, Milter.P_NR_RCPT)):
-        ctx = ctx_for(stage, make(src))
+        ctx = ctx_for(stage, make(src), writer)
         ctx._negotiate()  # what the MTA is told, when it offers every protocol bit
         negotiated = ctx._protocol
         assert not negotiated & replying  # the deciding callback replies
         assert negotiated & no_reply_bits == no_reply_bits & ~replying
-        # the content phase is never asked for; rejected recipients are
+        # the content phase is never asked for; rejected recipients are; MAIL is not (the
+        # sender comes with the RCPT macros)
         for bit in (Milter.P_NOHDRS, Milter.P_NOEOH, Milter.P_NOBODY, Milter.P_NOUNKNOWN,
-                    Milter.P_RCPT_REJ):
+                    Milter.P_RCPT_REJ, Milter.P_NOMAIL):
             assert negotiated & bit
-        assert not negotiated & (Milter.P_NOCONNECT | Milter.P_NOHELO | Milter.P_NOMAIL
-                                 | Milter.P_NORCPT | Milter.P_NODATA)
+        assert not negotiated & (Milter.P_NOCONNECT | Milter.P_NOHELO | Milter.P_NORCPT
+                                 | Milter.P_NODATA)
+        assert {b"{mail_addr}", b"{rcpt_mailer}", b"{rcpt_host}", b"{rcpt_addr}", b"i"} <= \
+            ctx._symlist[Milter.M_ENVRCPT]
+    writer.stop()
+
+
+def test_sensor_asks_for_mail_when_the_mta_cannot_send_the_sender_with_rcpt(
+        tmp_path: Path) -> None:
+    writer = started_writer(tmp_path / "events.log")
+    ctx = ctx_for(Stage.CONNECT, make(banned_source()), writer)
+    MilterTestCtx.default_opts = [Milter.CURR_ACTS & ~Milter.SETSYMLIST, 0x1FFFFF, 0, 0]
+    ctx._negotiate()
+    assert not ctx._protocol & Milter.P_NOMAIL
+    assert ctx._protocol & Milter.P_NR_MAIL
+    assert ctx._symlist[Milter.M_ENVRCPT] is None
+    writer.stop()
+
+
+def test_bouncer_only_asks_for_the_deciding_callback_alone() -> None:
+    ctx = ctx_for(Stage.CONNECT, make(banned_source()))
+    ctx._negotiate()
+    skipped = (Milter.P_NOHELO | Milter.P_NOMAIL | Milter.P_NORCPT | Milter.P_NODATA
+               | Milter.P_NOHDRS | Milter.P_NOEOH | Milter.P_NOBODY | Milter.P_NOUNKNOWN)
+    assert ctx._protocol & skipped == skipped
+    assert not ctx._protocol & (Milter.P_NOCONNECT | Milter.P_NR_CONN | Milter.P_RCPT_REJ)
 
 
 class Exploding:
@@ -145,8 +157,7 @@ def test_internal_error_never_escapes(on_error: Action, expected: int) -> None:
 
 def test_rejected_recipients_become_events(tmp_path: Path) -> None:
     path = tmp_path / "events.log"
-    writer = EventWriter(str(path))
-    writer.start()
+    writer = started_writer(path)
     ctx = ctx_for(Stage.CONNECT, make(IndexSource()), writer)
     ctx._setsymval("j", "mx1.example.org")
     ctx._setsymval("i", "4ABC123")
@@ -160,12 +171,11 @@ def test_rejected_recipients_become_events(tmp_path: Path) -> None:
     ctx._setsymval("{rcpt_mailer}", "local")
     assert ctx._envrcpt("<bob@example.org>") == Milter.CONTINUE
     writer.stop()
-    lines = path.read_text().splitlines()
-    assert len(lines) == 2
-    events = [json.loads(line) for line in lines]
+    events = read_events(path)
+    assert len(events) == 2
     assert {e["client_ip"] for e in events} == {"192.0.2.9"}
     assert events[0] | {"time": None} == {
-        "time": None, "event": "rcpt_rejected", "client_ip": "192.0.2.9",
+        "time": None, "event": "rcpt_rejected", "v": 1, "client_ip": "192.0.2.9",
         "client_name": "probe.example", "helo": 'x"y', "mail_from": "<spam@example.net>",
         "rcpt": "<guess1@example.org>", "status": "5.1.1",
         "reason": "Recipient address rejected: User unknown", "queue_id": "4ABC123",
@@ -173,17 +183,35 @@ def test_rejected_recipients_become_events(tmp_path: Path) -> None:
     assert events[1]["rcpt"] == '<x","client_ip":"6.6.6.6@example.org>'
 
 
+def test_sender_of_events_comes_with_the_rcpt_macros(tmp_path: Path) -> None:
+    """MAIL is not asked for: the sender field comes from {mail_addr} at RCPT, spelled as
+    the MAIL argument was (in angle brackets, <> for the null sender)."""
+    path = tmp_path / "events.log"
+    writer = started_writer(path)
+    for sender, shown in (("spam@example.net", "<spam@example.net>"), ("", "<>"),
+                          ('"odd name"@example.net', '<"odd name"@example.net>')):
+        ctx = ctx_for(Stage.CONNECT, make(IndexSource()), writer)
+        assert ctx._connect(ip="192.0.2.9") == Milter.CONTINUE
+        ctx._setsymval("{mail_addr}", sender)
+        ctx._setsymval("{rcpt_mailer}", "error")
+        ctx._setsymval("{rcpt_host}", "5.1.1")
+        assert ctx._envrcpt("<guess@example.org>") == Milter.CONTINUE
+        writer.stop()
+        assert read_events(path)[-1]["mail_from"] == shown
+        writer.start()
+    writer.stop()
+
+
 def test_blocked_client_becomes_one_event(tmp_path: Path) -> None:
     path = tmp_path / "events.log"
-    writer = EventWriter(str(path))
-    writer.start()
+    writer = started_writer(path)
     ctx = ctx_for(Stage.RCPT, make(banned_source()), writer)
     ctx._connect(ip="203.0.113.7", helo="evil")
     ctx._envfrom("<a@b>")
     assert ctx._envrcpt("<r1@example.org>") == Milter.REJECT
     assert ctx._envrcpt("<r2@example.org>") == Milter.REJECT
     writer.stop()
-    events = [json.loads(line) for line in path.read_text().splitlines()]
+    events = read_events(path)
     assert len(events) == 1
     e = events[0]
     assert (e["event"], e["client_ip"], e["stage"], e["decision_type"], e["decision_scope"],
@@ -197,3 +225,18 @@ def test_settings_defaults_match_the_documented_ones() -> None:
     s = Settings()
     assert (s.socket, s.mode, s.stage, s.on_lapi_error) == \
         ("inet:8895@127.0.0.1", "stream", Stage.CONNECT, Action.ACCEPT)
+
+
+def test_bouncer_only_with_traps_or_exempt_logins_keeps_what_they_need() -> None:
+    """Trap recipients are watched with the event log off too: no ACCEPT at connect, every
+    RCPT asked for; --exempt-authenticated needs MAIL (the login) at --stage rcpt."""
+    ctx = ctx_for(Stage.CONNECT, make(banned_source()))
+    Milter.factory.context.trap_rcpt = ("trap@*",)  # type: ignore[attr-defined]
+    assert ctx._connect(ip="192.0.2.1") == Milter.CONTINUE
+    assert not ctx._protocol & (Milter.P_NORCPT | Milter.P_NODATA)
+    assert ctx._protocol & Milter.P_RCPT_REJ
+    ctx = ctx_for(Stage.RCPT, make(banned_source()))
+    Milter.factory.context.exempt_authenticated = True  # type: ignore[attr-defined]
+    ctx._negotiate()
+    assert not ctx._protocol & Milter.P_NOMAIL
+    assert ctx._protocol & Milter.P_NR_MAIL

@@ -3,14 +3,15 @@ with decisions from a real HTTP server that speaks the LAPI contract."""
 
 from __future__ import annotations
 
-import json
 import signal
-import time
 from pathlib import Path
 
 import pytest
+from eventschema import read_events
 from lapi_server import FakeLapi, Fault
-from milter_process import MilterProcess, Mta
+from milter_process import MilterProcess, Mta, scrape
+from ports import free_port
+from waiting import eventually
 
 
 @pytest.fixture
@@ -59,8 +60,10 @@ def test_new_ban_applies_within_the_update_interval(milter) -> None:
     mta = Mta(proc.port)
     assert mta.connect("203.0.113.7")[0] == "continue"
     mta.close()
+    pulls = lapi.count("/v1/decisions/stream")
     lapi.add("203.0.113.7")
-    time.sleep(0.8)
+    # the next pull brings it; then the very next session is rejected
+    assert eventually(lambda: lapi.count("/v1/decisions/stream") > pulls + 1)
     mta = Mta(proc.port)
     assert mta.connect("203.0.113.7")[0] == "reject"
     mta.close()
@@ -85,7 +88,7 @@ def test_rcpt_stage_and_rejected_recipient_events(milter) -> None:
                                               "{rcpt_addr}": "User unknown"})[0] == "continue"
     mta.close()
     proc.stop()  # SIGTERM: the event writer flushes before exit
-    events = [json.loads(x) for x in proc.events.read_text().splitlines()]
+    events = read_events(proc.events)
     assert [(e["event"], e["client_ip"]) for e in events] == \
         [("client_blocked", "203.0.113.7"), ("rcpt_rejected", "192.0.2.5")]
     assert events[1]["status"] == "5.1.1" and events[1]["rcpt"] == "<nobody@example.org>"
@@ -111,6 +114,25 @@ def test_live_mode(milter) -> None:
     assert lapi.count("/v1/decisions") == 2
 
 
+def test_live_cache_stays_within_cache_size(milter) -> None:
+    """The cache holds at most --cache-size answers however many addresses come by; the
+    metrics endpoint shows how many it holds."""
+    lapi, start = milter
+    lapi.add("203.0.113.7")
+    port = free_port()
+    proc = start("--mode", "live", "--cache-size", "3", "--metrics-listen",
+                 f"127.0.0.1:{port}", wait=None)
+    entries = "crowdsec_milter_cache_entries"
+    assert scrape(port, entries) == 0
+    assert Mta(proc.port).connect("203.0.113.7")[0] == "reject"
+    assert Mta(proc.port).connect("192.0.2.1")[0] == "continue"
+    assert scrape(port, entries) == 2
+    for i in range(10):
+        assert Mta(proc.port).connect(f"192.0.2.{i + 10}")[0] == "continue"
+    assert scrape(port, entries) == 3
+    assert scrape(port, "crowdsec_milter_cache_size") == 3
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stops_quickly_on_signal_and_never_logs_the_key(milter, sig: int) -> None:
     lapi, start = milter
@@ -125,8 +147,58 @@ def test_stops_quickly_on_signal_and_never_logs_the_key(milter, sig: int) -> Non
 
 def test_wrong_key_is_one_clear_line(milter) -> None:
     _, start = milter
-    proc = start(key="wrong-key-value", wait="stream pull failed")
-    time.sleep(1.0)
+    port = free_port()
+    proc = start("--metrics-listen", f"127.0.0.1:{port}", "--update-frequency", "0.05",
+                 key="wrong-key-value", wait="stream pull failed")
+    # several refused pulls (counted by the milter itself), not a sleep one pull may fill
+    assert eventually(lambda: scrape(port, 'crowdsec_milter_lapi_errors_total{kind="auth"}')
+                      >= 4)
     log = proc.log()
-    assert log.count("LAPI refused the API key") == 1
+    assert log.count("LAPI refused the API key") == 1, log
     assert "wrong-key-value" not in log
+
+
+def test_a_run_of_failed_pulls_is_logged_once_and_so_is_the_recovery(milter) -> None:
+    """A LAPI down for an hour must not fill the log: one line when pulls start failing,
+    one when they work again, and the same for the next outage."""
+    lapi, start = milter
+    lapi.add("203.0.113.7")
+    port = free_port()
+    proc = start("--metrics-listen", f"127.0.0.1:{port}", "--update-frequency", "0.05")
+    errors = 'crowdsec_milter_lapi_errors_total{kind="http"}'
+    pulls = 'crowdsec_milter_lapi_requests_total{mode="stream"}'
+    for outage in (1, 2):
+        lapi.fault = Fault(status=500)
+        before = scrape(port, errors)
+        assert eventually(lambda b=before: scrape(port, errors) >= b + 4, timeout=15)
+        log = proc.log()
+        assert log.count("stream pull failed") == outage, log
+        lapi.fault = None
+        seen = len(log)
+        assert eventually(lambda n=seen: "stream pull works again" in proc.log()[n:],
+                          timeout=15)
+        done = scrape(port, pulls)
+        assert eventually(lambda d=done: scrape(port, pulls) >= d + 3)  # good pulls go on
+        log = proc.log()
+        assert log.count("stream pull works again") == outage, log
+        assert log.count("stream pull failed") == outage, log
+    assert Mta(proc.port).connect("203.0.113.7")[0] == "reject"
+
+
+def test_a_run_of_failed_live_lookups_is_logged_once(milter) -> None:
+    lapi, start = milter
+    lapi.add("203.0.113.7")
+    port = free_port()
+    proc = start("--mode", "live", "--metrics-listen", f"127.0.0.1:{port}", wait=None)
+    lapi.fault = Fault(status=500)
+    for i in range(5):  # distinct addresses: a failed answer is never cached
+        assert Mta(proc.port).connect(f"192.0.2.{i + 1}")[0] == "continue"
+    assert scrape(port, 'crowdsec_milter_lapi_errors_total{kind="http"}') == 5
+    assert proc.log().count("live lookup failed") == 1, proc.log()
+    lapi.fault = None
+    for i in range(3):
+        assert Mta(proc.port).connect(f"192.0.2.{i + 10}")[0] == "continue"
+    assert Mta(proc.port).connect("203.0.113.7")[0] == "reject"
+    log = proc.log()
+    assert log.count("live lookups work again") == 1, log
+    assert log.count("live lookup failed") == 1, log

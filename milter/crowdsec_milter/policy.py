@@ -1,7 +1,9 @@
 """The policy: what a client gets, given the decisions that cover its address.
 
-Pure apart from asking its decision source. It knows nothing of libmilter: it returns a
-`Verdict` (an action and the SMTP reply to give) that the milter session carries out.
+Pure apart from asking its decision source, which it names by the `DecisionSource`
+protocol below and never imports: the policy depends on data (decisions.py) and counters
+(tally.py) only. It knows nothing of libmilter: it returns a `Verdict` (an action and the
+SMTP reply to give) that the milter session carries out.
 """
 
 from __future__ import annotations
@@ -11,11 +13,20 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-from .decisions import Decision
-from .index import address_key
-from .source import DecisionSource
-from .tally import Tally
+from .decisions import Decision, parse_address
+from .tally import LOOKUP_CLEAN, LOOKUP_MATCH, LOOKUP_UNAVAILABLE, Tally
+
+
+class DecisionSource(Protocol):
+    """What the policy asks: the unexpired decisions covering an address, best first, or
+    None while no decision can be had. `usable` is False until decisions can be had."""
+
+    def lookup(self, family: int, number: int, text: str) -> list[Decision] | None: ...
+
+    @property
+    def usable(self) -> bool: ...
 
 
 class Action(enum.StrEnum):
@@ -135,7 +146,7 @@ class Policy:
 
     def check(self, ip: str) -> Verdict | None:
         """The verdict on a client address, or None to let it through untouched."""
-        key = address_key(ip)
+        key = parse_address(ip)
         if key is None:
             return None
         family, number, text = key
@@ -143,12 +154,12 @@ class Policy:
             return None
         decisions = self.source.lookup(family, number, text)
         if decisions is None:
-            self.tally.inc("lookup", "unavailable")
-            return self._unavailable_verdict(text)
+            self.tally.inc(LOOKUP_UNAVAILABLE)
+            return self.unavailable(text)
         if not decisions:
-            self.tally.inc("lookup", "clean")
+            self.tally.inc(LOOKUP_CLEAN)
             return None
-        self.tally.inc("lookup", "match")
+        self.tally.inc(LOOKUP_MATCH)
         return self.verdict_for(decisions, text)
 
     def verdict_for(self, decisions: list[Decision], ip: str) -> Verdict:
@@ -165,9 +176,6 @@ class Policy:
 
     def unavailable(self, ip: str) -> Verdict | None:
         """What a client gets while no decision can be had (also after an internal error)."""
-        return self._unavailable_verdict(ip)
-
-    def _unavailable_verdict(self, ip: str) -> Verdict | None:
         if self._on_error is Action.ACCEPT:
             return None
         fields = {"ip": ip, "type": "", "scenario": "", "origin": ""}

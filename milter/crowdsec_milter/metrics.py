@@ -7,6 +7,7 @@ this collector reads them, the sources' stats and the index sizes when scraped.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,8 +17,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .source import LiveSource, StreamSource
-from .tally import Tally
+from .source import Source
+from .tally import ERRORS, SESSIONS, Tally
 
 log = logging.getLogger("crowdsec_milter.metrics")
 P = "crowdsec_milter_"
@@ -26,7 +27,7 @@ P = "crowdsec_milter_"
 class MilterCollector:
     """Reads the running parts' counters at scrape time."""
 
-    def __init__(self, tally: Tally, source: StreamSource | LiveSource,
+    def __init__(self, tally: Tally, source: Source,
                  events: Any | None, clock: Callable[[], float] = time.monotonic) -> None:
         self._tally = tally
         self._source = source
@@ -36,7 +37,7 @@ class MilterCollector:
     def collect(self) -> Iterator[Metric]:
         snap = self._tally.snapshot()
         sessions = CounterMetricFamily(P + "sessions", "SMTP sessions seen (milter connects)")
-        sessions.add_metric([], snap.get(("sessions",), 0))
+        sessions.add_metric([], snap.get(SESSIONS, 0))
         yield sessions
         blocks = CounterMetricFamily(P + "blocks", "Clients answered because of a decision",
                                      labels=["type", "origin", "stage", "action"])
@@ -46,17 +47,17 @@ class MilterCollector:
                                    "Recipients the MTA rejected, seen as events",
                                    labels=["status"])
         for key, value in snap.items():
-            if key[0] == "blocked":
-                blocks.add_metric(list(key[1:]), value)
-            elif key[0] == "lookup":
-                lookups.add_metric([key[1]], value)
-            elif key[0] == "rcpt_rejected":
-                rcpt.add_metric([key[1]], value)
+            if key.kind == "blocked":
+                blocks.add_metric([key.type, key.origin, key.stage, key.action], value)
+            elif key.kind == "lookup":
+                lookups.add_metric([key.result], value)
+            elif key.kind == "rcpt_rejected":
+                rcpt.add_metric([key.result], value)
         yield blocks
         yield lookups
         yield rcpt
         errors = CounterMetricFamily(P + "internal_errors", "Exceptions caught in callbacks")
-        errors.add_metric([], snap.get(("error",), 0))
+        errors.add_metric([], snap.get(ERRORS, 0))
         yield errors
         yield from self._source_metrics()
         if self._events is not None:
@@ -69,38 +70,41 @@ class MilterCollector:
             yield dropped
 
     def _source_metrics(self) -> Iterator[Metric]:
-        src = self._source
+        stats = self._source.stats()
         req = CounterMetricFamily(P + "lapi_requests", "Requests made to LAPI", labels=["mode"])
+        req.add_metric([stats.mode], stats.requests)
         err = CounterMetricFamily(P + "lapi_errors", "LAPI requests that failed",
                                   labels=["kind"])
+        for kind, n in stats.errors.items():
+            err.add_metric([kind], n)
         usable = GaugeMetricFamily(P + "source_usable",
                                    "1 when decisions can be had (synced, or LAPI answering)")
-        usable.add_metric([], 1.0 if src.usable else 0.0)
-        if isinstance(src, StreamSource):
-            req.add_metric(["stream"], src.stats.pulls)
-            for kind, n in src.stats.errors.items():
-                err.add_metric([kind], n)
+        usable.add_metric([], 1.0 if stats.usable else 0.0)
+        bad = CounterMetricFamily(P + "bad_decisions", "Decisions from LAPI skipped as unusable")
+        bad.add_metric([], stats.bad_decisions)
+        yield bad
+        if stats.held is not None:  # a source that holds decisions pulls them
             held = GaugeMetricFamily(P + "decisions", "Decisions held in memory",
                                      labels=["scope", "family"])
-            for (scope, family), n in src.index.counts().items():
+            for (scope, family), n in stats.held.items():
                 held.add_metric([scope, f"ipv{family}"], n)
             yield held
             since = GaugeMetricFamily(P + "seconds_since_last_pull",
                                       "Seconds since the last successful stream pull")
-            last = src.stats.last_good
+            last = stats.last_good
             since.add_metric([], float("inf") if last is None else self._clock() - last)
             yield since
-            bad = CounterMetricFamily(P + "bad_decisions",
-                                      "Decisions from LAPI skipped as unusable")
-            bad.add_metric([], src.stats.bad_decisions)
-            yield bad
-        else:
-            req.add_metric(["live"], src.requests)
-            for kind, n in src.errors.items():
-                err.add_metric([kind], n)
+        if stats.cache_hits is not None:
             hits = CounterMetricFamily(P + "cache_hits", "Live lookups answered from the cache")
-            hits.add_metric([], src.cache_hits)
+            hits.add_metric([], stats.cache_hits)
             yield hits
+            entries = GaugeMetricFamily(P + "cache_entries",
+                                        "Live answers held in the cache (at most cache_size)")
+            entries.add_metric([], stats.cache_entries or 0)
+            yield entries
+            size = GaugeMetricFamily(P + "cache_size", "The live cache's bound (--cache-size)")
+            size.add_metric([], stats.cache_size or 0)
+            yield size
         yield req
         yield err
         yield usable
@@ -110,11 +114,15 @@ class MetricsServer:
     """/metrics for Prometheus and /health (200 only when the decision source is usable)."""
 
     def __init__(self, host: str, port: int, collector: MilterCollector,
-                 usable: Callable[[], bool]) -> None:
+                 usable: Callable[[], bool], *, read_timeout: float = 10.0) -> None:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(collector)  # type: ignore[arg-type]
 
         class Handler(BaseHTTPRequestHandler):
+            # a client that connects and sends nothing (or stalls) is dropped after this
+            # many seconds instead of holding a thread for as long as it likes
+            timeout = read_timeout
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -136,8 +144,7 @@ class MetricsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        self._server = listen(host, port, Handler)
         self.port = self._server.server_address[1]
 
     def start(self) -> None:
@@ -146,3 +153,20 @@ class MetricsServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class _Server4(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class _Server6(_Server4):
+    address_family = socket.AF_INET6
+
+
+def listen(host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """An HTTP server bound to host:port, IPv4 or IPv6 as the host is (`::1`, `::`, a name).
+    Raises OSError (a busy port, an address we do not have, a name that does not resolve)."""
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    server_class = _Server6 if family == socket.AF_INET6 else _Server4
+    return server_class(address, handler)

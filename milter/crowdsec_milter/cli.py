@@ -6,6 +6,7 @@ one line naming the option and exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import stat
@@ -17,17 +18,40 @@ import configargparse
 import httpx
 
 from . import __version__
+from .lapi import header_safe
 from .policy import Action, Reply, Stage, parse_networks
-from .settings import Settings
+from .settings import ConfigError, Settings
 
 PROG = "crowdsec-milter"
 ENV_PREFIX = "CROWDSEC_MILTER_"
 _SOCKET = re.compile(r"^(?:(inet6?):(\d{1,5})(?:@(\S+))?|(?:unix|local):(/\S+))$")
 _LEVELS = ("debug", "info", "warning", "error")
+CONFIG_LIMIT = 1 << 20  # bytes; a config file is a few lines
 
-
-class ConfigError(Exception):
-    """A setting that cannot be used; the message names it."""
+# What each command is for, shown by its own --help.
+_COMMANDS = {
+    None: ("CrowdSec bouncer and sensor for Postfix and Sendmail (a milter).",
+           "commands (each has its own --help): "
+           "`crowdsec-milter check [options]` tests LAPI and the key; "
+           "`crowdsec-milter lookup IP [options]` shows what the milter would answer IP; "
+           "`crowdsec-milter config [options]` prints the settings in force and where each "
+           "comes from."),
+    "check": ("Check that LAPI answers, that it accepts the key (or certificate), and count "
+              "the active decisions the milter would hold. Exit status 0 when all is well, "
+              "1 when not. Reads only GET /v1/decisions: a running milter's stream is not "
+              "disturbed. Takes the milter's own options (or its -c config file).",
+              None),
+    "lookup": ("Show the decisions LAPI holds on IP and what the milter, with these options, "
+               "would answer a client connecting from it. Exit status 0 let through, "
+               "3 blocked, 1 LAPI could not answer, 2 bad input. Takes the milter's own "
+               "options (or its -c config file).",
+               None),
+    "config": ("Print the settings these options, CROWDSEC_MILTER_* variables and config "
+               "file add up to, one `key = value (source)` line each; the source is flag, "
+               "env VARIABLE, file PATH or default. The API key is shown masked. Exit status "
+               "0, or 2 with one line when the settings are bad. Asks LAPI nothing.",
+               None),
+}
 
 
 class _Parser(configargparse.ArgParser):
@@ -40,16 +64,43 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def build_parser() -> configargparse.ArgParser:
+def open_config(path: str) -> io.StringIO:
+    """A config file's text, read whole and decoded as UTF-8 whatever the locale. configargparse
+    turns what this raises into an error naming the file, at start-up and on SIGHUP alike
+    (reading while it parses let a UnicodeDecodeError escape)."""
+    with open(path, "rb") as fh:
+        data = fh.read(CONFIG_LIMIT + 1)
+    if len(data) > CONFIG_LIMIT:
+        raise ValueError(f"larger than {CONFIG_LIMIT} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                         f"{exc.start})") from None
+    stream = io.StringIO(text)
+    stream.name = path
+    return stream
+
+
+def build_parser(command: str | None = None) -> configargparse.ArgParser:
+    """The parser of the milter's options; `command` (check, lookup) gives its own help."""
     d = Settings()
+    description, epilog = _COMMANDS[command]
     p = _Parser(
-        prog=PROG,
-        description="CrowdSec bouncer and sensor for Postfix and Sendmail (a milter).",
+        prog=PROG if command is None else f"{PROG} {command}",
+        usage={None: None, "check": f"{PROG} check [options]",
+               "lookup": f"{PROG} lookup IP [options]",
+               "config": f"{PROG} config [options]"}[command],
+        description=description,
+        epilog=epilog,
         auto_env_var_prefix=ENV_PREFIX,
         formatter_class=configargparse.ArgumentDefaultsHelpFormatter,
         args_for_setting_config_path=["-c", "--config"],
         config_arg_help_message="config file of `key = value` lines (keys are the long flags)",
+        config_file_open_func=open_config,
     )
+    if command == "lookup":
+        p.add_argument("ip", metavar="IP", help="the client address to look up")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument("--socket", default=d.socket,
                    help="libmilter socket: inet:PORT@HOST, inet6:PORT@HOST or unix:/path")
@@ -69,7 +120,9 @@ def build_parser() -> configargparse.ArgParser:
     p.add_argument("--cache-size", type=int, default=d.cache_size,
                    help="live mode: addresses kept in the cache")
     p.add_argument("--lapi-timeout", type=float, default=d.lapi_timeout,
-                   help="seconds for one LAPI request")
+                   help="seconds one LAPI request may take in all (live lookup, check, "
+                        "lookup); stream pulls wait this long for each read and take at most "
+                        "60 s in all, 300 s for a startup pull")
     p.add_argument("--on-lapi-error", choices=("accept", "tempfail"), default=str(d.on_lapi_error),
                    help="what clients get while no decision can be had")
     p.add_argument("--action", action="append", default=None, metavar="TYPE=ACTION",
@@ -91,8 +144,15 @@ def build_parser() -> configargparse.ArgParser:
     p.add_argument("--always-allow-rcpt", action="append", default=None, metavar="PATTERN",
                    help="with --stage rcpt, recipients let through even for banned clients "
                         "(repeatable, shell-style) [default: postmaster@* abuse@*]")
+    p.add_argument("--exempt-authenticated", action="store_true",
+                   help="never block a session whose client authenticated (SMTP AUTH: the "
+                        "{auth_authen} macro, sent at MAIL); needs --stage mail or rcpt")
+    p.add_argument("--trap-rcpt", action="append", default=None, metavar="PATTERN",
+                   help="spam-trap recipients (repeatable, shell-style): a RCPT to one "
+                        "writes a rcpt_trap event; the MTA's answer is not changed")
     p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
-                   help="serve Prometheus /metrics and /health here (off by default)")
+                   help="serve Prometheus /metrics and /health here, IPv4 or IPv6 "
+                        "(127.0.0.1:9395, [::1]:9395, [::]:9395); off by default")
     p.add_argument("--usage-metrics-interval", type=float, default=d.usage_metrics_interval,
                    help="seconds between remediation usage pushes to LAPI (CrowdSec 1.6.3+); "
                         "0 turns them off")
@@ -115,6 +175,18 @@ def _positive(name: str, value: float) -> float:
     return value
 
 
+def _usable_key(key: str, source: str) -> str:
+    """The key, or ConfigError naming where it came from (never showing the key): it travels
+    as an HTTP header value, where a line break or other control character makes every
+    request fail with an error text holding the key."""
+    if not key:
+        raise ConfigError(f"{source} is empty")
+    if not header_safe(key):
+        raise ConfigError(f"{source}: the key holds a line break, control or non-ASCII "
+                          "character; it must be one line of printable ASCII")
+    return key
+
+
 def read_api_key(args: configargparse.Namespace) -> str:
     if args.api_key and args.api_key_file:
         raise ConfigError("--api-key and --api-key-file exclude each other: give one")
@@ -128,16 +200,17 @@ def read_api_key(args: configargparse.Namespace) -> str:
             raise ConfigError(f"--api-key-file {path}: {exc.strerror}") from exc
         except UnicodeDecodeError as exc:
             raise ConfigError(f"--api-key-file {path}: not text") from exc
-        if not key:
-            raise ConfigError(f"--api-key-file {path} is empty")
+        key = _usable_key(key, f"--api-key-file {path}")
         if mode & (stat.S_IRWXG | stat.S_IRWXO) & (stat.S_IRGRP | stat.S_IROTH):
             print(f"{PROG}: warning: --api-key-file {path} is readable by other users "
                   "(chmod 600 it)", file=sys.stderr)
         return key
     if args.api_key:
-        return args.api_key.strip()
+        return _usable_key(args.api_key.strip(), "--api-key")
     if args.lapi_cert:
         return ""
+    if args.api_key is not None:
+        raise ConfigError("--api-key is empty")
     raise ConfigError("an API key is required: --api-key-file or --api-key "
                       f"(or {ENV_PREFIX}API_KEY_FILE), or a client certificate (--lapi-cert)")
 
@@ -219,11 +292,15 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
     check_tls(args)
     allow = tuple(p.strip().lower() for p in args.always_allow_rcpt) \
         if args.always_allow_rcpt is not None else Settings().always_allow_rcpt
+    traps = tuple(p.strip().lower() for p in args.trap_rcpt or () if p.strip())
+    if args.exempt_authenticated and args.stage in (Stage.CONNECT, Stage.HELO):
+        raise ConfigError(f"--exempt-authenticated needs --stage mail or rcpt, not "
+                          f"{args.stage}: whether a client authenticated is known only "
+                          "from MAIL FROM on ({auth_authen})")
     return Settings(
         socket=check_socket(args.socket),
         lapi_url=check_url(args.lapi_url),
         api_key=read_api_key(args),
-        config_file=args.config_file,
         mode=args.mode,
         update_frequency=_positive("update-frequency", args.update_frequency),
         resync_interval=_positive("resync-interval", args.resync_interval),
@@ -242,6 +319,8 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
         dry_run=args.dry_run,
         event_log=args.event_log,
         always_allow_rcpt=allow,
+        exempt_authenticated=args.exempt_authenticated,
+        trap_rcpt=traps,
         metrics_listen=check_listen(args.metrics_listen),
         usage_metrics_interval=0.0 if args.usage_metrics_interval == 0 else
         _positive("usage-metrics-interval", args.usage_metrics_interval),
@@ -253,14 +332,21 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
     )
 
 
+def parse_args(argv: Sequence[str], command: str | None = None) -> configargparse.Namespace:
+    """Flags, environment and config file, or ConfigError naming the problem."""
+    try:
+        return build_parser(command).parse_args(list(argv))
+    except OSError as exc:  # read errors configargparse does not catch itself
+        raise ConfigError(f"{getattr(exc, 'filename', '') or 'config file'}: "
+                          f"{exc.strerror or exc}") from exc
+    except (UnicodeError, configargparse.ConfigFileParserException) as exc:
+        raise ConfigError(f"config file: {exc}") from exc
+
+
 def load(argv: Sequence[str]) -> Settings:
     """Settings from argv, environment and config file, or ConfigError naming the problem.
     Also used by SIGHUP to re-read the config file."""
-    try:
-        args = build_parser().parse_args(list(argv))
-    except OSError as exc:  # an unreadable config file
-        raise ConfigError(f"{getattr(exc, 'filename', '')}: {exc.strerror}") from exc
-    return settings_from_args(args)
+    return settings_from_args(parse_args(argv))
 
 
 def parse(argv: Sequence[str] | None = None) -> Settings:
@@ -271,21 +357,95 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         fail(str(exc))
 
 
+MASK = "********"
+_SECRET = ("api_key",)  # shown masked, whatever its source
+# Options whose default lives in Settings (their argparse default is None).
+_LIST_DEFAULTS = {"action": [f"{t}={a}" for t, a in Settings().actions],
+                  "trusted_network": [str(n) for n in Settings().trusted_networks],
+                  "always_allow_rcpt": list(Settings().always_allow_rcpt)}
+
+
+def _show(value: object) -> str:
+    """A value as a config-file line would hold it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    if value is None:
+        return "(not set)"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def config_lines(parser: configargparse.ArgParser, args: configargparse.Namespace) -> list[str]:
+    """`key = value (source)` for every option, in --help order: what flags, variables,
+    config file and defaults add up to. The key is masked; its file is just a path."""
+    sources = parser.get_source_to_settings_dict()
+    where: dict[int, str] = {}
+    for section, settings in sources.items():
+        if section == "environment_variables":
+            for name, (action, _value) in settings.items():
+                where[id(action)] = f"env {name}"
+        elif section.startswith("config_file"):
+            path = section.partition("|")[2]
+            for action, _value in settings.values():
+                where[id(action)] = f"file {path}"
+        elif section == "defaults":
+            for action, _value in settings.values():
+                where[id(action)] = "default"
+    lines = []
+    for action in parser._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if not longs or action.dest in ("help", "version"):
+            continue
+        value = getattr(args, action.dest, None)
+        source = where.get(id(action))
+        if source is None:  # configargparse leaves out None defaults and bare switches
+            source = "default" if value == action.default else "flag"
+        if value is None and action.dest in _LIST_DEFAULTS:
+            value = _LIST_DEFAULTS[action.dest]
+        shown = MASK if action.dest in _SECRET and value else _show(value)
+        lines.append(f"{longs[-1][2:]} = {shown} ({source})")
+    return lines
+
+
+def show_config(argv: Sequence[str]) -> int:
+    """`crowdsec-milter config`: print the settings in force; 2 with one line if bad."""
+    parser = build_parser("config")
+    try:
+        try:
+            args = parser.parse_args(list(argv))
+        except OSError as exc:
+            raise ConfigError(f"{getattr(exc, 'filename', '') or 'config file'}: "
+                              f"{exc.strerror or exc}") from exc
+        except (UnicodeError, configargparse.ConfigFileParserException) as exc:
+            raise ConfigError(f"config file: {exc}") from exc
+        settings_from_args(args)  # the same checks as at start-up
+    except ConfigError as exc:
+        fail(str(exc))
+    print("\n".join(config_lines(parser, args)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "config":
+        return show_config(argv[1:])
     if argv and argv[0] in ("check", "lookup"):
         from .tools import check, lookup
 
         command, rest = argv[0], argv[1:]
-        if command == "lookup":
-            if not rest or rest[0].startswith("-"):
-                fail("usage: crowdsec-milter lookup IP [options]")
-            return lookup(rest[0], parse(rest[1:]))
-        return check(parse(rest))
+        try:
+            args = parse_args(rest, command)
+            settings = settings_from_args(args)
+        except ConfigError as exc:
+            fail(str(exc))
+        return lookup(args.ip, settings) if command == "lookup" else check(settings)
     settings = parse(argv)
     from .app import run  # imported late: --help and bad flags need no pymilter
 
-    return run(settings, argv)
+    return run(settings, lambda: load(argv))
 
 
 if __name__ == "__main__":

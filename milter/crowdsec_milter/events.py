@@ -6,17 +6,22 @@ were not UTF-8 are written as `\\xNN`; long values are cut with the cut marked.
 
 `EventWriter` hands lines to one background thread through a bounded queue, so a milter
 callback never waits on a slow disk or syslog; a line that cannot be queued or written is
-counted and the count reported in the operational log, never lost silently.
+counted and the count reported in the operational log, never lost silently. What a sink
+cannot encode (a lone surrogate from LAPI) is written as a JSON `\\uXXXX` escape, and any
+unexpected error costs one batch of lines, counted as dropped, never the writer thread.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import queue
+import re
 import socket
 import sys
 import threading
@@ -26,8 +31,38 @@ from typing import Any, TextIO
 log = logging.getLogger("crowdsec_milter.events")
 
 FIELD_LIMIT = 512
-_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
-_SURROGATES = {c: f"\\x{c - 0xDC00:02x}" for c in range(0xDC80, 0xDD00)}
+# The line format's version, written in every line as "v" and pinned in
+# conf/events.schema.json: raise it whenever a field of an event is added, removed, retyped
+# or changes meaning.
+EVENT_VERSION = 1
+_LINE_BREAKS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
+_SURROGATE = re.compile("[\udc80-\udcff]")
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _byte_escape(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()) - 0xDC00:02x}"
+JSON_ESCAPE = "crowdsec_milter.json_escape"
+
+
+def _json_escape(exc: UnicodeError) -> tuple[str, int]:
+    """Codec error handler: what a sink cannot encode (a lone surrogate in UTF-8, anything
+    past ASCII on an ASCII stdout) becomes JSON's own `\\uXXXX`. Lines only carry such
+    characters inside JSON strings, so the line stays valid JSON and reads back the same."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    out = []
+    for char in exc.object[exc.start:exc.end]:
+        code = ord(char)
+        if code > 0xFFFF:  # needs a UTF-16 surrogate pair in JSON
+            code -= 0x10000
+            out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
+        else:
+            out.append(f"\\u{code:04x}")
+    return "".join(out), exc.end
+
+
+codecs.register_error(JSON_ESCAPE, _json_escape)
 
 
 def clean_text(value: object, limit: int = FIELD_LIMIT) -> str:
@@ -41,7 +76,9 @@ def clean_text(value: object, limit: int = FIELD_LIMIT) -> str:
         if text.isascii():  # nearly every value: no surrogates, one byte a character
             return text if len(text) <= limit else \
                 f"{text[:limit]}...[cut {len(text) - limit} bytes]"
-        text = text.translate(_SURROGATES)
+        # bytes that were not UTF-8, smuggled in by surrogateescape: written as \xNN
+        if _SURROGATE.search(text):
+            text = _SURROGATE.sub(_byte_escape, text)
     data = text.encode("utf-8", "backslashreplace")
     if len(data) <= limit:
         return text
@@ -49,26 +86,53 @@ def clean_text(value: object, limit: int = FIELD_LIMIT) -> str:
     return f"{cut}...[cut {len(data) - len(cut.encode())} bytes]"
 
 
+_stamp: tuple[int, str] = (-1, "")
+
+
 def rfc3339(timestamp: float) -> str:
+    global _stamp
     seconds = int(timestamp // 1)
     micros = int((timestamp - seconds) * 1e6)
-    return time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(seconds)) + f"{micros:06d}Z"
+    cached, prefix = _stamp  # one tuple, read at once: safe across milter threads
+    if cached != seconds:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(seconds))
+        _stamp = (seconds, prefix)
+    return f"{prefix}{micros:06d}Z"
+
+
+def _typed(value: object) -> object:
+    """A field value with its JSON type kept: true/false, a number, or safe text.
+
+    One rule for a value that is missing or does not apply (None, NaN, infinity): the empty
+    string, never null (conf/events.schema.json says so to consumers)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)  # an IntEnum as its number
+    if isinstance(value, float):
+        return value if math.isfinite(value) else ""
+    return clean_text(value)
 
 
 def format_event(event: str, fields: dict[str, Any], timestamp: float) -> str:
-    """One event as one JSON line (with its newline); `time` and `event` come first."""
-    record: dict[str, Any] = {"time": rfc3339(timestamp), "event": event}
+    """One event as one JSON line (with its newline): `time`, `event` and the format version
+    `v` come first; values keep their JSON type (see conf/events.schema.json)."""
+    record: dict[str, Any] = {"time": rfc3339(timestamp), "event": event, "v": EVENT_VERSION}
     for key, value in fields.items():
         if key in record:
             continue
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            record[key] = value
+        if value.__class__ is str and value.isascii() and len(value) <= FIELD_LIMIT:
+            record[key] = value  # nearly every value: nothing to escape or cut
         else:
-            record[key] = clean_text(value)
-    line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+            record[key] = _typed(value)
+    line = _ENCODE(record)
     # JSON leaves these raw, but many line readers (Python's splitlines among them) break
     # lines there: escape them so a line stays a line for every reader.
-    return (line if line.isascii() else line.translate(_LINE_BREAKS)) + "\n"
+    if not line.isascii():
+        for char, escaped in _LINE_BREAKS:
+            if char in line:
+                line = line.replace(char, escaped)
+    return line + "\n"
 
 
 class _Sink:
@@ -89,7 +153,7 @@ class _Sink:
             self._sock.connect(self.target.partition(":")[2] or "/dev/log")
         else:
             os.makedirs(os.path.dirname(os.path.abspath(self.target)), exist_ok=True)
-            self._file = open(self.target, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+            self._file = open(self.target, "a", encoding="utf-8", errors=JSON_ESCAPE)  # noqa: SIM115
             st = os.fstat(self._file.fileno())
             self._inode = (st.st_dev, st.st_ino)
 
@@ -107,12 +171,17 @@ class _Sink:
         if self._sock is not None:
             for line in lines:
                 # <14> is facility user, severity info; the tag lets syslog route it.
-                self._sock.send(b"<14>crowdsec-milter: " + line.rstrip("\n").encode())
+                self._sock.send(b"<14>crowdsec-milter: "
+                                + line.rstrip("\n").encode("utf-8", JSON_ESCAPE))
             return
         if self._file is None:
             self.open()
         assert self._file is not None
-        self._file.write("".join(lines))
+        text = "".join(lines)
+        if self._file is sys.stdout:  # a stream we did not open, with its own strict codec
+            encoding = getattr(self._file, "encoding", None) or "utf-8"
+            text = text.encode(encoding, JSON_ESCAPE).decode(encoding)
+        self._file.write(text)
         self._file.flush()
 
     def close(self) -> None:
@@ -196,15 +265,24 @@ class EventWriter:
                     stop = True
                 else:
                     batch.append(more)
-            # One stat per batch: a line must not go to a file logrotate moved or deleted.
-            if self._reopen.is_set() or self._sink.rotated():
-                self._reopen.clear()
-                self._try_open()
-            if batch:
-                self._write(batch)
+            try:
+                self._flush(batch)
+            except Exception as exc:  # a bug must cost these lines, never the writer
+                self.dropped += len(batch)
+                self._note_error(f"lines lost to {type(exc).__name__}: {exc}")
+                with contextlib.suppress(Exception):
+                    self._sink.close()  # reopened on the next batch
             self._report()
             if stop:
                 return
+
+    def _flush(self, batch: list[str]) -> None:
+        # One stat per batch: a line must not go to a file logrotate moved or deleted.
+        if self._reopen.is_set() or self._sink.rotated():
+            self._reopen.clear()
+            self._try_open()
+        if batch:
+            self._write(batch)
 
     def _try_open(self) -> bool:
         try:

@@ -14,13 +14,17 @@ from typing import Any
 
 from . import __version__
 from .lapi import LapiClient, LapiError
-from .source import LiveSource, StreamSource
-from .tally import Tally
+from .source import Source
+from .tally import Key, Tally
 
 log = logging.getLogger("crowdsec_milter.usage")
 
+# Actions that refuse the client: what CrowdSec's usage metrics call `dropped`. A client let
+# through (exempt after SMTP AUTH, tagged, log only, dry run) was not.
+REFUSED = frozenset({"reject", "tempfail", "drop"})
 
-def build_payload(tally_now: dict[tuple[str, ...], int], tally_before: dict[tuple[str, ...], int],
+
+def build_payload(tally_now: dict[Key, int], tally_before: dict[Key, int],
                   active: int, startup: int, window: int, now: int) -> dict[str, Any]:
     """The usage-metrics document for one window (pure, for tests)."""
     items: list[dict[str, Any]] = []
@@ -28,10 +32,10 @@ def build_payload(tally_now: dict[tuple[str, ...], int], tally_before: dict[tupl
     processed = 0
     for key, value in tally_now.items():
         delta = value - tally_before.get(key, 0)
-        if key[0] == "blocked" and key[4] != "none" and delta:
-            label = (key[2] or "unknown", key[1] or "unknown")  # origin, decision type
+        if key.kind == "blocked" and key.action in REFUSED and delta:
+            label = (key.origin or "unknown", key.type or "unknown")
             dropped[label] = dropped.get(label, 0) + delta
-        elif key[0] == "sessions":
+        elif key.kind == "sessions":
             processed += delta
     for (origin, remediation), n in sorted(dropped.items()):
         items.append({"name": "dropped", "value": n, "unit": "request",
@@ -54,22 +58,21 @@ def build_payload(tally_now: dict[tuple[str, ...], int], tally_before: dict[tupl
 class UsagePusher:
     """Pushes a window of counts every `interval` seconds in a thread of its own."""
 
-    def __init__(self, client: LapiClient, tally: Tally, source: StreamSource | LiveSource,
+    def __init__(self, client: LapiClient, tally: Tally, source: Source,
                  interval: float = 1800.0) -> None:
         self._client = client
         self._tally = tally
         self._source = source
         self._interval = interval
         self._startup = int(time.time())
-        self._before: dict[tuple[str, ...], int] = {}
+        self._before: dict[Key, int] = {}
         self._stop = threading.Event()
-        self.pushed = 0
         self.unsupported = False
 
     def push_once(self) -> bool:
         now = int(time.time())
         snap = self._tally.snapshot()
-        active = len(self._source.index) if isinstance(self._source, StreamSource) else 0
+        active = self._source.stats().active
         payload = build_payload(snap, self._before, active, self._startup,
                                 int(self._interval), now)
         try:
@@ -85,7 +88,6 @@ class UsagePusher:
             log.warning("usage metrics refused by LAPI: HTTP %d", status)
             return False
         self._before = snap
-        self.pushed += 1
         return True
 
     def run(self) -> None:

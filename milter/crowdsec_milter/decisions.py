@@ -59,6 +59,49 @@ def parse_duration(text: str) -> float:
     return sign * total
 
 
+# A client address: family 4 or 6, the address as an integer, its canonical text. A plain
+# tuple, not a NamedTuple: every SMTP connection parses one on the hot path.
+Address = tuple[int, int, str]
+_pton = socket.inet_pton
+_AF_INET = socket.AF_INET
+
+
+def parse_address(text: str) -> Address | None:
+    """A client address string as (family, integer, canonical text), or None when it is
+    no IP address.
+
+    Accepts what MTAs hand over: `1.2.3.4`, `2001:db8::1`, `[::1]`, `IPv6:2001:db8::1`,
+    `fe80::1%eth0` (scope dropped); IPv4-mapped IPv6 becomes IPv4. The canonical text is
+    what logs, replies and LAPI queries show (inet_ntop's form).
+    """
+    if ":" not in text:  # plain dotted quad, nearly every client: one C call
+        try:
+            # inet_pton takes only canonical dotted quads (no leading zeros, four parts)
+            return 4, int.from_bytes(_pton(_AF_INET, text), "big"), text
+        except (OSError, ValueError):
+            pass  # bracketed, empty or not an address: the careful path below
+    if not text:
+        return None
+    if text[0] == "[" and text[-1] == "]":
+        text = text[1:-1]
+    if text[:5].lower() == "ipv6:":
+        text = text[5:]
+    if ":" not in text:
+        try:
+            return 4, int.from_bytes(_pton(_AF_INET, text), "big"), text
+        except (OSError, ValueError):
+            return None
+    text = text.split("%", 1)[0]
+    try:
+        packed = _pton(socket.AF_INET6, text)
+    except (OSError, ValueError):
+        return None
+    number = int.from_bytes(packed, "big")
+    if number >> 32 == 0xFFFF:
+        return 4, number & 0xFFFFFFFF, socket.inet_ntoa(packed[12:])
+    return 6, number, socket.inet_ntop(socket.AF_INET6, packed)
+
+
 class Network(NamedTuple):
     """An address or prefix as integers: family 4 or 6, prefix length, network number."""
 
@@ -98,6 +141,18 @@ def parse_network(scope: str, value: str) -> Network:
         if mapped is not None and net.prefixlen >= 96:
             net = ipaddress.ip_network(f"{mapped}/{net.prefixlen - 96}", strict=False)
     return Network(net.version, net.prefixlen, int(net.network_address))
+
+
+def network_text(family: int, prefixlen: int, number: int, scope: str) -> str:
+    """A decision's value as the milter shows it (logs, events, replies): the canonical
+    address, with its prefix length unless it is an Ip decision on a whole address."""
+    if family == 4:
+        address = socket.inet_ntop(socket.AF_INET, number.to_bytes(4, "big"))
+        full = prefixlen == 32
+    else:
+        address = socket.inet_ntop(socket.AF_INET6, number.to_bytes(16, "big"))
+        full = prefixlen == 128
+    return address if full and scope == "Ip" else f"{address}/{prefixlen}"
 
 
 class Decision(NamedTuple):
@@ -165,6 +220,10 @@ def parse_decision(item: object, now: float) -> tuple[Decision, Network] | None:
     seconds = parse_duration(get("duration"))
     if seconds > MAX_DURATION:
         raise DecisionError(f"duration is absurd: {get('duration')!r:.40}")
+    if seconds < 0:
+        # already expired: nothing to enforce, so skipped and counted rather than stored to
+        # be swept later (`deleted` entries are read through source._as_live, not this)
+        raise DecisionError(f"duration is negative (already expired): {get('duration')!r:.40}")
     return Decision(ident, dtype.lower()[:64], scope, value, _text(item, "origin", 64),  # type: ignore[arg-type]
                     _text(item, "scenario"), now + seconds), network  # type: ignore[arg-type]
 

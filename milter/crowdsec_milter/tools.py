@@ -1,10 +1,17 @@
 """Operator tools: `crowdsec-milter check` and `crowdsec-milter lookup IP`.
 
-Both ask LAPI with `GET /v1/decisions` only (`?ip=`, and unfiltered for the count). They
-never pull the decision stream: LAPI keeps one stream cursor per bouncer key, and a pull from
-here would steal the running milter's delta. (LAPI moves that cursor on `/v1/decisions` only
-when the key's last pull is a minute old or more, which a stream-mode milter never lets
-happen.)
+They run with the milter's own settings, so usually with its key, and must never make a
+running milter miss a decision. LAPI keeps one stream cursor per bouncer (its LastPull):
+a stream pull moves it, and so does `GET /v1/decisions` when the last pull is a minute old
+or more (CrowdSec's GetDecision, 1.4.6 to today); the milter's next delta then starts at
+the tool's request and the decisions added in between reach it only at the next resync.
+`HEAD /v1/decisions` returns before that update (200, or 403 for a bad key).
+
+So the key is checked with HEAD, and decisions are read with GET only where that cannot
+move a stream cursor: in live mode (no stream consumer on the key), or in stream mode
+with pulls at most SAFE_UPDATE_FREQUENCY apart (the cursor is then never a minute old; a
+failed pull is followed by a full resync anyway). Otherwise the tools say what they did
+not read and why.
 """
 
 from __future__ import annotations
@@ -14,15 +21,26 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
-from .app import make_client
-from .decisions import DecisionError, parse_decision
-from .index import address_key
+from .decisions import DecisionError, parse_address, parse_decision
 from .lapi import LapiError
-from .policy import Policy, Stage
+from .policy import Stage
 from .settings import Settings
 from .source import LiveSource
+from .wiring import make_client, make_policy
 
 PROBE_IP = "192.0.2.1"  # TEST-NET-1: never a real client
+SAFE_UPDATE_FREQUENCY = 30.0  # seconds; LAPI moves the cursor on a GET at 60
+
+
+def get_is_unsafe(settings: Settings) -> str | None:
+    """Why a `GET /v1/decisions` with this key could make a running milter miss decisions,
+    or None when it cannot."""
+    if settings.mode == "live" or settings.update_frequency <= SAFE_UPDATE_FREQUENCY:
+        return None
+    return (f"with --update-frequency {settings.update_frequency:g} (over "
+            f"{SAFE_UPDATE_FREQUENCY:g} s) a GET /v1/decisions with the milter's key can move "
+            "its stream cursor and hide decisions from it; `cscli decisions list` shows them, "
+            "or give the tools a key of their own (cscli bouncers add) with --mode live")
 
 
 def check(settings: Settings) -> int:
@@ -35,16 +53,20 @@ def check(settings: Settings) -> int:
             print(f"LAPI {settings.lapi_url}: unreachable ({exc})")
             return 1
         try:
-            found = client.query(PROBE_IP)
+            client.check_key(PROBE_IP)
         except LapiError as exc:
             print(f"bouncer credentials: FAILED ({exc.kind}): {exc}")
             return 1
-        print(f"bouncer credentials: accepted ({len(found)} decision(s) on {PROBE_IP})")
-        try:
-            print(f"active decisions: {count_decisions(client.active_decisions())}")
-        except LapiError as exc:
-            print(f"active decisions: could not be counted ({exc.kind}): {exc}")
-            return 1
+        print("bouncer credentials: accepted")
+        unsafe = get_is_unsafe(settings)
+        if unsafe:
+            print(f"active decisions: not read: {unsafe}")
+        else:
+            try:
+                print(f"active decisions: {count_decisions(client.active_decisions())}")
+            except LapiError as exc:
+                print(f"active decisions: could not be counted ({exc.kind}): {exc}")
+                return 1
         print(f"mode {settings.mode}, stage {settings.stage}, "
               f"on LAPI error: {settings.on_lapi_error}")
         return 0
@@ -79,19 +101,21 @@ def count_decisions(items: Iterable[object]) -> str:
 
 def lookup(ip: str, settings: Settings) -> int:
     """Print the decisions on IP and what the milter would answer; exit 0 if it would
-    let the client through, 3 if it would block it, 1 if LAPI could not say."""
-    if address_key(ip) is None:
+    let the client through, 3 if it would block it, 1 if LAPI could not say (or could not
+    be asked without disturbing a running milter)."""
+    address = parse_address(ip)
+    if address is None:
         print(f"crowdsec-milter: error: not an IP address: {ip!r}", file=sys.stderr)
         return 2
+    unsafe = get_is_unsafe(settings)
+    if unsafe:
+        print(f"decisions on {ip}: not read: {unsafe}")
+        return 1
     client = make_client(settings)
     try:
         source = LiveSource(client, 1.0, timeout=settings.lapi_timeout)
-        policy = Policy(source, actions=settings.action_map,
-                        default_action=settings.default_action, replies=settings.replies,
-                        unavailable_reply=settings.unavailable_reply,
-                        on_lapi_error=settings.on_lapi_error,
-                        trusted=settings.trusted_networks, dry_run=settings.dry_run)
-        family, number, text = address_key(ip)  # type: ignore[misc]
+        policy = make_policy(settings, source)
+        family, number, text = address
         decisions = source.lookup(family, number, text)
         if decisions is None:
             print(f"LAPI could not answer; clients get: {settings.on_lapi_error}")

@@ -1,0 +1,302 @@
+"""The milter session: pymilter glue that asks the policy and carries out its verdict.
+
+Thin on purpose. It asks the MTA only for the callbacks the enabled features need
+(protocol.py), answers only at the configured stage (every other callback is `noreply`),
+accepts at DATA so the MTA never sends headers or body, accepts at the deciding stage when
+the event log is off and nothing later can change the answer, and never lets an exception
+reach libmilter (pymilter would answer its own 451): an internal error gets what
+`--on-lapi-error` says.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import Milter
+
+from .events import EventWriter, clean_text
+from .policy import Action, Policy, Stage, Verdict
+from .protocol import Request, request
+from .tally import ERRORS, SESSIONS, Tally, blocked, rcpt_rejected, rcpt_trap
+
+log = logging.getLogger("crowdsec_milter.session")
+
+_RESULT = {Action.REJECT: Milter.REJECT, Action.TEMPFAIL: Milter.TEMPFAIL,
+           Action.DROP: Milter.TEMPFAIL}
+
+
+@dataclass
+class SessionContext:
+    """Everything a session needs, handed to the factory once: no globals."""
+
+    policy: Policy
+    stage: Stage
+    events: EventWriter | None = None
+    tally: Tally = field(default_factory=Tally)
+    # with --stage rcpt: recipients let through even for a banned client (RFC 5321 4.5.1)
+    always_allow_rcpt: tuple[str, ...] = ()
+    # a client that authenticated (SMTP AUTH, known from MAIL on) is never blocked
+    exempt_authenticated: bool = False
+    # spam-trap recipients: a RCPT to one is reported as a rcpt_trap event
+    trap_rcpt: tuple[str, ...] = ()
+
+    def allowed_rcpt(self, rcpt: str) -> bool:
+        return _matches(rcpt, self.always_allow_rcpt)
+
+    def trap(self, rcpt: str) -> bool:
+        return bool(self.trap_rcpt) and _matches(rcpt, self.trap_rcpt)
+
+    @property
+    def final_at_verdict(self) -> bool:
+        """Nothing after the verdict matters: no events to write, no trap to watch for."""
+        return self.events is None and not self.trap_rcpt
+
+    def request(self, actions: int, offered: int) -> Request:
+        """What to ask of an MTA offering `actions` and protocol bits `offered`."""
+        return request(self.stage, sensor=self.events is not None,
+                       mail=self.exempt_authenticated, rcpt=bool(self.trap_rcpt),
+                       actions=actions, offered=offered)
+
+
+def _matches(rcpt: str, patterns: tuple[str, ...]) -> bool:
+    address = rcpt.strip().strip("<>").lower()
+    return any(fnmatch.fnmatchcase(address, pattern) for pattern in patterns)
+
+
+def _addr(family: int, hostaddr: Any) -> str:
+    """The client IP from pymilter's connect arguments, '' for unix sockets and the like."""
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        return ""
+    if isinstance(hostaddr, tuple):
+        return str(hostaddr[0]) if hostaddr else ""
+    return str(hostaddr or "")
+
+
+class Session(Milter.Base):
+    """One SMTP session's view of the client, and its verdict once asked."""
+
+    context: SessionContext
+    # the answer to each MTA offer, worked out once per class (one class per configuration)
+    _requests: dict[tuple[int, int], Request]
+    _said: set[str]
+
+    def __init__(self) -> None:
+        self.ip = ""
+        self.client_name = ""
+        self.helo = ""
+        self.mail_from = ""
+        self.auth_user = ""  # the SMTP AUTH login, from MAIL on
+        self.verdict: Verdict | None = None
+        self.asked = False
+        self.reported = False
+
+    # -- callbacks -------------------------------------------------------------------------
+
+    def negotiate(self, opts: list[int]) -> int:
+        """Ask for what `protocol.request` says, the answer cached per offer (pymilter's
+        own negotiate walks every callback's attributes on each connection). Sets
+        `_protocol`, which pymilter's no-reply wrappers read; on any error, pymilter's
+        fallback: ask the MTA for everything."""
+        try:
+            actions, offered = opts[0], opts[1]
+            req = self._requests.get((actions, offered))
+            if req is None:
+                req = self.context.request(actions, offered)
+                self._requests[(actions, offered)] = req
+                if (self.context.events is not None and req.wants_mail
+                        and not self.context.exempt_authenticated
+                        and "symlist" not in self._said):
+                    self._said.add("symlist")
+                    log.info("the MTA does not let the milter choose its macros: asking for "
+                             "the MAIL callback too, for the sender of events")
+            self._actions = actions
+            self._protocol = opts[1] = req.steps
+            opts[2] = opts[3] = 0
+            if req.rcpt_macros:
+                # through the context: pymilter 1.0.5's setsymlist passes bytes and fails
+                self._ctx.setsymlist(Milter.M_ENVRCPT, req.rcpt_macros)
+            return Milter.CONTINUE
+        except Exception:
+            log.exception("internal error negotiating with the MTA")
+            return Milter.ALL_OPTS
+
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        self.__init__()  # type: ignore[misc]  # a new connect (after XCLIENT) is a new client
+        self.context.tally.inc(SESSIONS)
+        self.ip = _addr(family, hostaddr)
+        self.client_name = hostname or ""
+        return self._at(Stage.CONNECT, rcpt="")
+
+    def hello(self, hostname: str) -> int:
+        self.helo = hostname or ""
+        return self._at(Stage.HELO, rcpt="")
+
+    def envfrom(self, mailfrom: str, *params: str) -> int:
+        self.mail_from = mailfrom or ""
+        # the MTA sends {auth_authen} at MAIL (Postfix's milter_mail_macros default)
+        self.auth_user = self._macro("{auth_authen}")
+        return self._at(Stage.MAIL, rcpt="")
+
+    def envrcpt(self, to: str, *params: str) -> int:
+        try:
+            sender = self.getsymval("{mail_addr}")  # asked for instead of the MAIL callback
+            if sender is not None:
+                self.mail_from = sender if sender[:1] == "<" else f"<{sender}>"
+            if self.getsymval("{rcpt_mailer}") == "error":
+                self._rcpt_rejected(to)
+                if self.context.trap(to):
+                    self._rcpt_trap(to, accepted=False)
+                return Milter.CONTINUE
+        except Exception:
+            log.exception("internal error recording a rejected recipient")
+        result = self._at(Stage.RCPT, rcpt=to)
+        try:
+            if self.context.trap(to):  # seen, never answered differently
+                self._rcpt_trap(to, accepted=result == Milter.CONTINUE)
+        except Exception:
+            log.exception("internal error recording a trap recipient")
+        return result
+
+    def data(self) -> int:
+        # Nothing in headers or body matters to us: let the MTA skip the content phase.
+        return Milter.ACCEPT
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _at(self, stage: Stage, rcpt: str) -> int:
+        if stage is not self.context.stage:
+            return Milter.CONTINUE
+        if rcpt and self.context.always_allow_rcpt and self.context.allowed_rcpt(rcpt):
+            return Milter.CONTINUE
+        try:
+            if not self.asked:
+                self.asked = True
+                self.verdict = self.context.policy.check(self.ip) if self.ip else None
+            verdict = self.verdict
+            if verdict is None:
+                return self._passed()
+            exempt = self.context.exempt_authenticated and bool(self.auth_user)
+            if not self.reported:
+                self.reported = True
+                self._report(verdict, stage, rcpt, exempt)
+            if exempt or not verdict.enforce:
+                return self._passed()
+            assert verdict.reply is not None
+            code, xcode, text = verdict.reply
+            if verdict.action is Action.DROP:
+                code = "421"
+            self.setreply(code, xcode, text)
+            return _RESULT[verdict.action]
+        except Exception:
+            self.context.tally.inc(ERRORS)
+            log.exception("internal error deciding on client %s", clean_text(self.ip, 64))
+            return self._fallback()
+
+    def _passed(self) -> int:
+        """The answer for a client let through at the deciding stage: when nothing later
+        can change it or needs to be seen (no event log, no trap recipients), ACCEPT, and
+        the MTA stops calling us for this connection (from MAIL on: for this message)."""
+        return Milter.ACCEPT if self.context.final_at_verdict else Milter.CONTINUE
+
+    def _fallback(self) -> int:
+        try:
+            verdict = self.context.policy.unavailable(self.ip)
+            if verdict is None or not verdict.enforce or verdict.reply is None:
+                return Milter.CONTINUE
+            self.setreply(*verdict.reply)
+            return Milter.TEMPFAIL
+        except Exception:
+            log.exception("internal error in the fallback answer")
+            return Milter.CONTINUE
+
+    def _report(self, verdict: Verdict, stage: Stage, rcpt: str, exempt: bool = False) -> None:
+        """One operational log line and one event per blocked session (or per session an
+        authenticated client was let through in: action `exempt`, the decision named)."""
+        decision = verdict.decision
+        dtype = decision.type if decision else ""
+        action = "exempt" if exempt else str(verdict.action)
+        self.context.tally.inc(blocked(dtype or verdict.reason,
+                                       decision.origin if decision else "", str(stage),
+                                       "exempt" if exempt else
+                                       str(verdict.action) if verdict.enforce else "none"))
+        if exempt:
+            head = f"exempt (authenticated as {clean_text(self.auth_user, 64)}, would " \
+                   f"{verdict.action if verdict.enforce else 'not block'})"
+        else:
+            head = "would block" if not verdict.enforce else f"{verdict.action}"
+        log.info(
+            "%s client=%s type=%s scope=%s value=%s scenario=%s origin=%s stage=%s%s",
+            head,
+            clean_text(self.ip, 64), dtype or verdict.reason,
+            decision.scope if decision else "", decision.value if decision else "",
+            clean_text(decision.scenario if decision else "", 128).replace(" ", "_") or "-",
+            decision.origin if decision else "", stage,
+            "" if verdict.enforce else " dry_run=1" if decision else "",
+        )
+        if self.context.events is not None:
+            self.context.events.emit(
+                "client_blocked",
+                client_ip=self.ip, client_name=self.client_name, helo=self.helo,
+                mail_from=self.mail_from, rcpt=rcpt, stage=str(stage),
+                action=action, enforced=verdict.enforce and not exempt, reason=verdict.reason,
+                decision_type=dtype,
+                decision_scope=decision.scope if decision else "",
+                decision_value=decision.value if decision else "",
+                scenario=decision.scenario if decision else "",
+                origin=decision.origin if decision else "",
+                mta=self._macro("j"),
+            )
+
+    def _rcpt_rejected(self, to: str) -> None:
+        status = self._macro("{rcpt_host}")
+        self.context.tally.inc(rcpt_rejected(status[:1] + "xx" if status else "unknown"))
+        if self.context.events is None:
+            return
+        self.context.events.emit(
+            "rcpt_rejected",
+            client_ip=self.ip, client_name=self.client_name, helo=self.helo,
+            mail_from=self.mail_from, rcpt=to, status=status,
+            reason=self._macro("{rcpt_addr}"), queue_id=self._macro("i"), mta=self._macro("j"),
+        )
+
+    def _rcpt_trap(self, to: str, accepted: bool) -> None:
+        """A RCPT to a spam trap, whatever the MTA answered (`accepted`)."""
+        self.context.tally.inc(rcpt_trap("accepted" if accepted else "rejected"))
+        log.info("trap recipient client=%s rcpt=%s accepted=%s", clean_text(self.ip, 64),
+                 clean_text(to, 256), "yes" if accepted else "no")
+        if self.context.events is None:
+            return
+        rejected = not accepted and self._macro("{rcpt_mailer}") == "error"
+        self.context.events.emit(
+            "rcpt_trap",
+            client_ip=self.ip, client_name=self.client_name, helo=self.helo,
+            mail_from=self.mail_from, rcpt=to,
+            status=self._macro("{rcpt_host}") if rejected else "",
+            reason=self._macro("{rcpt_addr}") if rejected else "",
+            queue_id=self._macro("i"), mta=self._macro("j"), accepted=accepted,
+        )
+
+    def _macro(self, name: str) -> str:
+        try:
+            return self.getsymval(name) or ""
+        except Exception:
+            return ""
+
+
+_NOREPLY_UNLESS = {"connect": Stage.CONNECT, "hello": Stage.HELO, "envfrom": Stage.MAIL,
+                   "envrcpt": Stage.RCPT}
+
+
+def session_class(context: SessionContext) -> type[Session]:
+    """A Session subclass bound to `context`, whose callbacks other than the deciding one
+    are negotiated as no-reply, so the MTA does not wait for them."""
+    attrs: dict[str, Any] = {"context": context, "_requests": {}, "_said": set()}
+    for name, stage in _NOREPLY_UNLESS.items():
+        if stage is not context.stage:
+            attrs[name] = Milter.noreply(getattr(Session, name))
+    cls = type(f"Session_{context.stage}", (Session,), attrs)
+    return Milter.rejected_recipients(cls)

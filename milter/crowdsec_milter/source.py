@@ -1,0 +1,441 @@
+"""Decision sources: where the policy gets the decisions that cover a client address.
+
+`StreamSource` keeps every decision in memory and pulls deltas in a background thread;
+`LiveSource` asks LAPI per address and caches the answer. Both answer `lookup` with a list
+of unexpired decisions, or None while no decision can be had (then `--on-lapi-error` rules),
+and both show the rest of the milter the same small surface: `start`, `stop`, `usable` and
+`stats()`, one `SourceStats` record for metrics and usage.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cachetools import TLRUCache
+
+from .decisions import (
+    Decision,
+    DecisionError,
+    Network,
+    network_text,
+    parse_decision,
+    parse_ipv4_fast,
+)
+from .index import DecisionIndex
+from .lapi import LapiClient, LapiError
+
+log = logging.getLogger("crowdsec_milter.source")
+
+
+@dataclass(frozen=True)
+class SourceStats:
+    """One reading of a decision source, the same record from either source: metrics and
+    usage read it without asking which source they have. A field that does not apply to
+    a source is None (then no metric is made of it)."""
+
+    mode: str  # "stream" or "live": the label of the LAPI request count
+    usable: bool
+    requests: int  # stream pulls or live queries made
+    errors: dict[str, int]  # failed requests by LapiError kind
+    bad_decisions: int  # decisions from LAPI skipped as unusable
+    active: int  # decisions held in memory (a live source holds none)
+    held: dict[tuple[str, int], int] | None = None  # by (scope, family), where held
+    last_good: float | None = None  # monotonic time of the last good pull, where pulled
+    cache_hits: int | None = None  # where answers are cached
+    cache_entries: int | None = None
+    cache_size: int | None = None
+
+
+class Source(Protocol):
+    """What the running milter holds: the policy asks `lookup`, /health reads `usable`,
+    metrics and usage read `stats()`, the app starts and stops it, hears of each pull
+    through `on_pull` and asks the watchdog's question, `alive`."""
+
+    on_pull: Callable[[bool, int], None] | None
+
+    @property
+    def usable(self) -> bool: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    def lookup(self, family: int, number: int, text: str) -> list[Decision] | None: ...
+
+    def stats(self) -> SourceStats: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass
+class _Counts:
+    """A source's running counters; `stats()` reads them into a SourceStats."""
+
+    requests: int = 0
+    last_good: float | None = None
+    bad_decisions: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def failed(self, exc: LapiError) -> None:
+        self.errors[exc.kind] = self.errors.get(exc.kind, 0) + 1
+
+
+class _Counter:
+    """Unusable decisions in one answer: counted, and the first one named in the log."""
+
+    def __init__(self) -> None:
+        self.bad = 0
+        self.first = ""
+
+    def parse(self, item: Any, now: float) -> tuple[Decision, Network] | None:
+        """parse_decision, counting an unusable decision instead of raising."""
+        try:
+            parsed = parse_decision(item, now)
+        except DecisionError as exc:
+            self.bad += 1
+            self.first = self.first or str(exc)
+            return None
+        if parsed is None:
+            log.debug("ignoring decision with scope %r", item.get("scope"))
+        return parsed
+
+    def report(self, counts: _Counts) -> None:
+        if self.bad:
+            counts.bad_decisions += self.bad
+            log.warning("skipped %d unusable decision(s) from LAPI; first: %s",
+                        self.bad, self.first)
+
+
+def _add(item: Any, now: float, into: DecisionIndex, count: _Counter) -> None:
+    if item.__class__ is dict:
+        fast = parse_ipv4_fast(item, now)
+        if fast is not None and into.add_ipv4(*fast):
+            return
+    parsed = count.parse(item, now)
+    if parsed is not None:
+        into.add(*parsed)
+
+
+def _delete(item: Any, now: float, index: DecisionIndex) -> int:
+    """Drop one decision LAPI lists as deleted (by id: another decision on the same value
+    stays); 1 if it was held."""
+    try:
+        parsed = parse_decision(_as_live(item), now)
+    except DecisionError as exc:
+        log.debug("ignoring unusable deleted decision: %s", exc)
+        return 0
+    return 1 if parsed is not None and index.remove(parsed[0].id, parsed[1]) else 0
+
+
+class _LapiSource:
+    """What both sources keep: the LAPI client, the clock and the running counters."""
+
+    def __init__(self, client: LapiClient, clock: Callable[[], float]) -> None:
+        self._client = client
+        self._clock = clock
+        self._counts = _Counts()
+        # told after each stream pull: (applied, decisions held); systemd's READY and
+        # STATUS. A live source pulls nothing, so never calls it.
+        self.on_pull: Callable[[bool, int], None] | None = None
+
+
+class StreamSource(_LapiSource):
+    """All decisions in memory, kept current by pulling /v1/decisions/stream."""
+
+    def __init__(self, client: LapiClient, update_frequency: float, *,
+                 resync_interval: float = 3600.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(client, clock)
+        self._every = update_frequency
+        self._resync_interval = resync_interval
+        self._index = DecisionIndex()
+        self._synced = False
+        self._need_startup = True
+        self._last_startup = 0.0
+        self._last_sweep = 0.0
+        self._last_error_kind = ""
+        # decisions in a full answer that would have dropped most of those held, kept
+        # back until the next full pull says the same (None: no such answer pending)
+        self._shrunk_to: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self._synced
+
+    @property
+    def index(self) -> DecisionIndex:
+        return self._index
+
+    def lookup(self, family: int, number: int, text: str) -> list[Decision] | None:
+        if not self._synced:
+            return None
+        return self._index.lookup(family, number, self._clock(), False, text)
+
+    def stats(self) -> SourceStats:
+        counts = self._counts
+        return SourceStats("stream", self._synced, counts.requests, dict(counts.errors),
+                           counts.bad_decisions, len(self._index), held=self._index.counts(),
+                           last_good=counts.last_good)
+
+    def pull_once(self) -> bool:
+        """One pull (a full resync when due or after a failure); False if it failed.
+
+        A failed pull keeps the decisions held; LAPI 1.4.6 moves its cursor before it sends
+        the body, so the next pull after a failure is a full `startup=true` resync.
+        """
+        now = self._clock()
+        self._counts.requests += 1
+        try:
+            if self._need_startup or now - self._last_startup >= self._resync_interval:
+                self._resync(now)
+            else:
+                self._delta(now)
+        except LapiError as exc:
+            self._counts.failed(exc)
+            self._need_startup = True
+            if exc.kind != self._last_error_kind:
+                log.error("stream pull failed (%s): %s; keeping %d decision(s)",
+                          exc.kind, exc, len(self._index))
+                self._last_error_kind = exc.kind
+            return False
+        now = self._clock()
+        if now - self._last_sweep >= 60.0:
+            with self._index.lock:
+                self._index.expire(now)
+            self._last_sweep = now
+        if self._last_error_kind:
+            log.info("stream pull works again")
+            self._last_error_kind = ""
+        self._synced = True
+        self._counts.last_good = now
+        return True
+
+    def _resync(self, now: float) -> None:
+        """Every active decision (`startup=true`) into a new index, built while the answer
+        arrives and swapped in whole once it is all good; LapiError if it is not."""
+        log.info("stream resync: pulling every active decision")
+        fresh = DecisionIndex(private=True)  # nobody reads it yet: grown in place
+        count = _Counter()
+        seen = 0
+        for key, item in self._client.stream_items(True):
+            if key == "new":
+                _add(item, now, fresh, count)
+                seen += 1
+                if seen % 100_000 == 0:  # a big blocklist takes seconds: say so
+                    log.info("stream resync: %d decisions read so far", seen)
+        count.report(self._counts)
+        done = self._clock()
+        if not self._accept_resync(len(fresh), done):
+            self._need_startup = True  # the next update pulls everything again
+            return
+        fresh.publish()
+        self._index = fresh  # swapped whole: readers see the old index or the new one
+        self._last_startup = done
+        self._need_startup = False
+        log.info("stream resync: %d decision(s) held", len(fresh))
+
+    def _delta(self, now: float) -> None:
+        """What changed since the last pull, applied to the index as it arrives (a
+        blocklist refresh can bring 100k decisions); LapiError if the answer breaks off.
+        A half-applied delta never lasts: the failed pull makes the next one a full resync,
+        which replaces the index."""
+        index = self._index
+        count = _Counter()
+        added = deleted = 0
+        with index.lock:
+            for key, item in self._client.stream_items(False):
+                if key == "new":
+                    _add(item, now, index, count)
+                    added += 1
+                else:
+                    deleted += _delete(item, now, index)
+        count.report(self._counts)
+        if added or deleted:
+            log.info("stream delta: %d new, %d deleted, %d held", added, deleted, len(index))
+
+    def _accept_resync(self, fresh: int, now: float) -> bool:
+        """Whether a full answer of `fresh` decisions may replace those held.
+
+        One that would drop more than half of them is applied only once the next full
+        pull agrees: LAPI streams its answer, and a database error halfway can still end
+        it with a 200 and valid JSON that lacks most decisions; applying that would unban
+        nearly everyone until the next resync. (Measured by count: a truncated answer
+        brings few new decisions, so fewer than half as many is the sign.) Logged either
+        way; with nothing held (start-up) any answer is taken.
+        """
+        held = len(self._index)
+        if fresh * 2 < held:  # expired ones are no loss: sweep them before judging
+            with self._index.lock:
+                self._index.expire(now)
+            self._last_sweep = now
+            held = len(self._index)
+        if fresh * 2 >= held:
+            if self._shrunk_to is not None:
+                log.warning("stream resync: %d decision(s) again, %d held; the earlier full "
+                            "answer with only %d was not applied", fresh, held,
+                            self._shrunk_to)
+                self._shrunk_to = None
+            return True
+        if self._shrunk_to is None:
+            self._shrunk_to = fresh
+            log.warning("stream resync: LAPI's full answer has %d decision(s) where %d are "
+                        "held; keeping those until the next full pull agrees (a cut-short "
+                        "answer would unban most clients)", fresh, held)
+            return False
+        log.warning("stream resync: a second full answer has %d decision(s) (the first had "
+                    "%d), %d held: applying it", fresh, self._shrunk_to, held)
+        self._shrunk_to = None
+        return True
+
+    def run(self) -> None:
+        """Pull until stopped; after failures wait longer (up to a minute) between tries."""
+        delay = self._every
+        while not self._stop.is_set():
+            try:
+                ok = self.pull_once()
+            except Exception:  # a bug here must not kill the puller for good
+                log.exception("unexpected error in the stream puller")
+                ok = False
+                self._need_startup = True
+            if self.on_pull is not None:
+                try:
+                    self.on_pull(ok, len(self._index))
+                except Exception:
+                    log.exception("unexpected error reporting a pull")
+            delay = self._every if ok else min(max(delay * 2, self._every), 60.0)
+            self._stop.wait(delay)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="lapi-stream", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """The puller thread is alive (the watchdog asks)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+def _as_live(item: Any) -> Any:
+    """`deleted` decisions carry negative durations; only their id and network matter."""
+    if isinstance(item, dict) and isinstance(item.get("duration"), str):
+        return {**item, "duration": "0s"}
+    return item
+
+
+class _Pending:
+    """One LAPI request in flight that other sessions for the same address wait on."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: list[Decision] | None = None
+
+
+class LiveSource(_LapiSource):
+    """Ask LAPI per address, cache the answer (ban or clean) for at most `cache_ttl`,
+    never past a decision's own expiry, and let concurrent lookups of one address share
+    a single request."""
+
+    def __init__(self, client: LapiClient, cache_ttl: float, *, timeout: float,
+                 maxsize: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(client, clock)
+        self._ttl = cache_ttl
+        self._timeout = timeout
+        self._cache: TLRUCache = TLRUCache(maxsize=maxsize, ttu=self._ttu, timer=clock)
+        self._lock = threading.Lock()
+        self._pending: dict[str, _Pending] = {}
+        self._cache_hits = 0
+        self._ok = True
+
+    @property
+    def usable(self) -> bool:
+        return self._ok
+
+    @property
+    def alive(self) -> bool:
+        """Always: a live source has no thread that could die."""
+        return True
+
+    def start(self) -> None:
+        """Nothing to start: a live source asks LAPI when a client connects."""
+
+    def stop(self) -> None:
+        """Nothing to stop (the client, shared with the usage pusher, is closed apart)."""
+
+    def stats(self) -> SourceStats:
+        counts = self._counts
+        with self._lock:  # expired answers linger until the cache next touches them
+            entries = len(self._cache)
+        return SourceStats("live", self._ok, counts.requests, dict(counts.errors),
+                           counts.bad_decisions, 0, cache_hits=self._cache_hits,
+                           cache_entries=entries, cache_size=int(self._cache.maxsize))
+
+    def _ttu(self, _key: Any, decisions: list[Decision], now: float) -> float:
+        if decisions:
+            return min(now + self._ttl, min(d.expires for d in decisions))
+        return now + self._ttl
+
+    def lookup(self, family: int, number: int, text: str) -> list[Decision] | None:
+        key = f"{family}:{number}"
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache_hits += 1
+                now = self._clock()
+                return [d for d in cached if d.expires > now]
+            pending = self._pending.get(key)
+            leader = pending is None
+            if leader:
+                pending = self._pending[key] = _Pending()
+        assert pending is not None
+        if not leader:
+            pending.done.wait(self._timeout + 0.5)
+            return pending.result
+        try:
+            pending.result = self._fetch(text)
+            if pending.result is not None:
+                with self._lock:
+                    self._cache[key] = pending.result
+            return pending.result
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+            pending.done.set()
+
+    def _fetch(self, text: str) -> list[Decision] | None:
+        self._counts.requests += 1
+        try:
+            items = self._client.query(text)
+        except LapiError as exc:
+            self._counts.failed(exc)
+            if self._ok:
+                log.error("live lookup failed (%s): %s", exc.kind, exc)
+            self._ok = False
+            return None
+        if not self._ok:
+            log.info("live lookups work again")
+        self._ok = True
+        now = self._clock()
+        count = _Counter()
+        # by id and network, as the index would hold them: a repeat replaces, not adds
+        found: dict[tuple[int, Network], Decision] = {}
+        for item in items:
+            parsed = count.parse(item, now)
+            if parsed is not None:
+                decision, net = parsed
+                value = network_text(net.family, net.prefixlen, net.number, decision.scope)
+                found[decision.id, net] = decision._replace(value=value)
+        count.report(self._counts)
+        return sorted(found.values(), key=lambda d: (d.severity, -d.expires))
