@@ -7,8 +7,9 @@
 # Needs mutmut in the worktree's venv:  .venv/bin/pip install mutmut==3.8.1
 # Env: JOBS (default 2) parallel mutants; MUTATION_DIR (default .mutation) the scratch copy.
 #
-# Why a scratch copy: setup.cfg maps the package crowdsec_milter onto the folder milter/,
-# but mutmut names each mutant after the file's path (milter/x.py -> "milter.x") and only
+# Why a scratch copy: setup.cfg makes milter/ the source root of the package
+# (milter/crowdsec_milter/), but mutmut names each mutant after the file's path
+# (milter/crowdsec_milter/x.py -> "milter.crowdsec_milter.x") and only
 # activates it in code whose __module__ matches. So the sources are copied to
 # src/crowdsec_milter/ (mutmut strips "src."), where the names agree, and mutmut's
 # mutants/src goes first on sys.path, ahead of the editable install's finder.
@@ -43,6 +44,7 @@ patterns_for() {
         events) printf '%s\n' \
             'crowdsec_milter.events.x_clean_text__mutmut_*' \
             'crowdsec_milter.events.x_rfc3339__mutmut_*' \
+            'crowdsec_milter.events.x__typed__mutmut_*' \
             'crowdsec_milter.events.x_format_event__mutmut_*' ;;
         *) printf '%s\n' "crowdsec_milter.$1.*" ;;
     esac
@@ -53,7 +55,7 @@ patterns_for() {
 # cp -p keeps mtimes, by which mutmut tells a changed file from its cached mutants.
 rm -rf "$WORK/src/crowdsec_milter" "$WORK/tests"
 mkdir -p "$WORK/src/crowdsec_milter" "$WORK/tests"
-cp -p "$ROOT"/milter/*.py "$WORK/src/crowdsec_milter/"
+cp -p "$ROOT"/milter/crowdsec_milter/*.py "$WORK/src/crowdsec_milter/"
 cp -p "$ROOT"/tests/*.py "$WORK/tests/"
 
 for m in "${MODULES[@]}"; do
@@ -65,7 +67,9 @@ only=""
 tests=""
 for m in "${ALL[@]}"; do
     only+="    src/crowdsec_milter/$m.py"$'\n'
-    for t in "$ROOT/tests/test_$m.py" "$ROOT"/tests/test_"$m"_*.py; do
+    extra=()
+    [[ $m == events ]] && extra=("$ROOT/tests/test_event_schema.py")
+    for t in "$ROOT/tests/test_$m.py" "$ROOT"/tests/test_"$m"_*.py "${extra[@]}"; do
         [[ -f "$t" ]] && tests+="    tests/$(basename "$t")"$'\n'
     done
 done
@@ -124,7 +128,7 @@ def wanted(module: str, name: str) -> bool:
     scope = {
         "cli": ("_positive", "read_api_key", "check_socket", "check_url", "parse_actions",
                 "check_listen", "check_tls", "settings_from_args"),
-        "events": ("clean_text", "rfc3339", "format_event"),
+        "events": ("clean_text", "rfc3339", "_typed", "format_event"),
     }.get(module)
     if scope is None:
         return True

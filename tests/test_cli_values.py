@@ -45,12 +45,13 @@ def test_every_option_reaches_the_settings(tmp_path: Path) -> None:
         "--tempfail-reply", "450 4.7.0 later", "--drop-reply", "421 4.7.0 bye",
         "--unavailable-reply", "452 try later", "--trusted-network", " 10.1.2.3/8 ",
         "--dry-run", "--event-log", "-", "--always-allow-rcpt", " Postmaster@Example.ORG ",
+        "--exempt-authenticated", "--trap-rcpt", " Trap@Example.ORG ", "--trap-rcpt", " ",
         "--metrics-listen", "[::1]:9100", "--usage-metrics-interval", "60",
         "--log-level", "debug", "--log-format", "json",
     ])
     assert got == Settings(
         socket="unix:/run/milter.sock", lapi_url="https://lapi.example:8443/", api_key="",
-        config_file=None, mode="live", update_frequency=3.0, resync_interval=600.0,
+        mode="live", update_frequency=3.0, resync_interval=600.0,
         cache_ttl=30.0, cache_size=500, lapi_timeout=0.5, on_lapi_error=Action.TEMPFAIL,
         actions=(("ban", Action.DROP), ("captcha", Action.ACCEPT)),
         default_action=Action.TEMPFAIL, stage=Stage.RCPT,
@@ -58,7 +59,8 @@ def test_every_option_reaches_the_settings(tmp_path: Path) -> None:
         tempfail_reply=Reply("450", "4.7.0", "later"), drop_reply=Reply("421", "4.7.0", "bye"),
         unavailable_reply=Reply("452", None, "try later"),
         trusted_networks=(ipaddress.ip_network("10.0.0.0/8"),), dry_run=True, event_log="-",
-        always_allow_rcpt=("postmaster@example.org",), metrics_listen=("::1", 9100),
+        always_allow_rcpt=("postmaster@example.org",), exempt_authenticated=True,
+        trap_rcpt=("trap@example.org",), metrics_listen=("::1", 9100),
         usage_metrics_interval=60.0, lapi_ca=str(tmp_path / "ca.pem"),
         lapi_cert=str(tmp_path / "cert.pem"), lapi_key=str(tmp_path / "key.pem"),
         log_level="debug", log_format="json",
@@ -69,7 +71,7 @@ def test_defaults_without_options(keyfile: Path) -> None:
     conf = keyfile.parent / "empty.conf"
     conf.write_text("")
     got = load(["--api-key-file", str(keyfile), "-c", str(conf)])
-    assert got == Settings(api_key="s3cret-key-value", config_file=str(conf))
+    assert got == Settings(api_key="s3cret-key-value")
 
 
 @pytest.mark.parametrize("value", ["0", "1", "0.001", "65535"])

@@ -3,21 +3,41 @@
 from __future__ import annotations
 
 import pytest
-from crowdsec_milter.events import FIELD_LIMIT, clean_text, format_event, rfc3339
+from crowdsec_milter.events import EVENT_VERSION, FIELD_LIMIT, clean_text, format_event, rfc3339
+from eventschema import sample, validate_line
 
 
 def test_an_event_line_exactly() -> None:
-    line = format_event("blocked", {"ip": "192.0.2.1", "helo": "mx.é.example", "n": 3,
-                                    "ratio": 1.5, "ok": True, "none": None,
-                                    "time": "ignored", "event": "ignored"}, 1700000000.25)
-    assert line == ('{"time":"2023-11-14T22:13:20.250000Z","event":"blocked","ip":"192.0.2.1",'
-                    '"helo":"mx.é.example","n":3,"ratio":1.5,"ok":"True","none":""}\n')
+    """Field order as given after time, event and v; booleans stay JSON booleans; a missing
+    value (None) is the empty string; time, event and v cannot be overridden by a field."""
+    fields = sample("client_blocked", client_ip="192.0.2.1", helo="mx.\u00e9.example",
+                    stage="rcpt", action="reject", enforced=True, decision_type="ban",
+                    decision_scope="Ip", decision_value="192.0.2.1", scenario=None)
+    line = format_event("client_blocked", fields | {"time": "x", "event": "x", "v": 7},
+                        1700000000.25)
+    assert line == (
+        '{"time":"2023-11-14T22:13:20.250000Z","event":"client_blocked","v":1,'
+        '"client_ip":"192.0.2.1","client_name":"","helo":"mx.\u00e9.example","mail_from":"",'
+        '"rcpt":"","stage":"rcpt","action":"reject","enforced":true,"reason":"decision",'
+        '"decision_type":"ban","decision_scope":"Ip","decision_value":"192.0.2.1",'
+        '"scenario":"","origin":"","mta":""}\n')
+    doc = validate_line(line)
+    assert doc["enforced"] is True and doc["v"] == EVENT_VERSION == 1
+
+
+def test_false_is_json_false() -> None:
+    line = format_event("rcpt_trap", sample("rcpt_trap", client_ip="192.0.2.1",
+                                            accepted=False), 0.0)
+    assert line.endswith('"mta":"","accepted":false}\n')
+    assert validate_line(line)["accepted"] is False
 
 
 def test_line_separators_are_escaped_in_the_line() -> None:
-    line = format_event("e", {"helo": "a\u2028b\u2029c\x85d"}, 0.0)
-    assert line.endswith('"helo":"a\\u2028b\\u2029c\\u0085d"}\n')
+    line = format_event("rcpt_rejected",
+                        sample("rcpt_rejected", mta="a\u2028b\u2029c\x85d"), 0.0)
+    assert line.endswith('"mta":"a\\u2028b\\u2029c\\u0085d"}\n')
     assert len(line.splitlines()) == 1
+    assert validate_line(line)["mta"] == "a\u2028b\u2029c\x85d"
 
 
 @pytest.mark.parametrize(("timestamp", "text"), [

@@ -6,8 +6,10 @@ import ipaddress
 
 import pytest
 from crowdsec_milter.policy import Action, Reply, parse_networks
-from crowdsec_milter.tally import Tally
-from test_policy import IndexSource, make
+from crowdsec_milter.settings import Settings
+from crowdsec_milter.tally import Key, Tally
+from crowdsec_milter.wiring import make_policy
+from helpers import IndexSource, make
 
 FIELDS = "ip=%(ip)s type=%(type)s scenario=%(scenario)s origin=%(origin)s"
 
@@ -16,13 +18,14 @@ def test_each_lookup_is_counted_by_outcome() -> None:
     src = IndexSource()
     src.add(1, "203.0.113.7")
     tally = Tally()
-    policy = make(src, tally=tally)
+    policy = make_policy(Settings(), src, tally)
     policy.check("203.0.113.7")
     policy.check("203.0.113.8")
     policy.check("203.0.113.9")
-    make(IndexSource(usable=False), tally=tally).check("203.0.113.7")
-    assert tally.snapshot() == {("lookup", "match"): 1, ("lookup", "clean"): 2,
-                                ("lookup", "unavailable"): 1}
+    make_policy(Settings(), IndexSource(usable=False), tally).check("203.0.113.7")
+    # the labels metrics publish
+    assert tally.snapshot() == {Key("lookup", "match"): 1, Key("lookup", "clean"): 2,
+                                Key("lookup", "unavailable"): 1}
 
 
 def test_the_source_is_asked_with_the_address_text() -> None:
@@ -34,8 +37,7 @@ def test_the_source_is_asked_with_the_address_text() -> None:
 def test_a_decision_reply_sees_every_field() -> None:
     src = IndexSource()
     src.add(1, "203.0.113.7", scenario="crowdsecurity/postfix-spam")
-    replies = {a: Reply("550", None, FIELDS) for a in (Action.REJECT, Action.TEMPFAIL)}
-    verdict = make(src, replies=replies).check("203.0.113.7")
+    verdict = make(src, reject_reply=Reply("550", None, FIELDS)).check("203.0.113.7")
     assert verdict is not None and verdict.reason == "decision"
     assert verdict.reply == ("550", None, "ip=203.0.113.7 type=ban "
                              "scenario=crowdsecurity/postfix-spam origin=crowdsec")
@@ -44,7 +46,7 @@ def test_a_decision_reply_sees_every_field() -> None:
 def test_an_accept_verdict_has_no_reply() -> None:
     src = IndexSource()
     src.add(1, "203.0.113.7", type_="captcha")
-    verdict = make(src, actions={"captcha": Action.ACCEPT}).check("203.0.113.7")
+    verdict = make(src, actions=(("captcha", Action.ACCEPT),)).check("203.0.113.7")
     assert verdict is not None and verdict.action is Action.ACCEPT
     assert verdict.reply is None and not verdict.enforce
 
@@ -111,6 +113,6 @@ def test_trusted_networks_cover_exactly_their_addresses(net: str, inside: str,
     src = IndexSource()
     src.add(1, inside)
     src.add(2, outside)
-    policy = make(src, trusted=[ipaddress.ip_network(net)])
+    policy = make(src, trusted_networks=(ipaddress.ip_network(net),))
     assert policy.check(inside) is None
     assert policy.check(outside) is not None
