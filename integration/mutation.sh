@@ -53,10 +53,13 @@ patterns_for() {
 # A fresh copy of sources and tests each run; mutmut's own cache (mutants/) is kept, and
 # it re-mutates a file whose copy changed.
 # cp -p keeps mtimes, by which mutmut tells a changed file from its cached mutants.
-rm -rf "$WORK/src/crowdsec_milter" "$WORK/tests"
-mkdir -p "$WORK/src/crowdsec_milter" "$WORK/tests"
+rm -rf "$WORK/src/crowdsec_milter" "$WORK/tests" "$WORK/conf"
+mkdir -p "$WORK/src/crowdsec_milter" "$WORK/tests" "$WORK/conf"
 cp -p "$ROOT"/milter/crowdsec_milter/*.py "$WORK/src/crowdsec_milter/"
 cp -p "$ROOT"/tests/*.py "$WORK/tests/"
+# the event tests check lines against conf/events.schema.json, and the README against it
+cp -rp "$ROOT"/conf/. "$WORK/conf/"
+cp -p "$ROOT"/README.md "$WORK/"
 
 for m in "${MODULES[@]}"; do
     [[ " ${ALL[*]} " == *" $m "* ]] || { echo "mutation.sh: not one of: ${ALL[*]}" >&2; exit 2; }
@@ -76,10 +79,13 @@ done
 
 # Hypothesis under mutmut: calls go through mutmut's trampolines (slower, so no deadline or
 # too-slow health check) and examples are derandomized, so a rerun gives the same score.
+# No shrinking: a mutant is killed by the first failing example, and shrinking one through
+# the index's model test took minutes.
 cat > "$WORK/conftest.py" <<'EOF'
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 settings.register_profile("mutation", deadline=None, derandomize=True, database=None,
+                          phases=[Phase.explicit, Phase.generate],
                           suppress_health_check=list(HealthCheck))
 settings.load_profile("mutation")
 EOF
@@ -92,7 +98,10 @@ markers =
 
 [mutmut]
 source_paths = src/crowdsec_milter
-also_copy = conftest.py
+also_copy =
+    conftest.py
+    conf
+    README.md
 only_mutate =
 $only
 pytest_add_cli_args_test_selection =
