@@ -87,6 +87,15 @@ def _decision(ident: int, net: Network, kind: int, range_scope: bool,
     return Decision(ident, dtype, scope, network_text(*net, scope), origin, scenario, expires)
 
 
+def _probe_rank(net: Network, ident: int) -> float:
+    """Which ban a lookup that stops at the first one reports: the longest prefix, except
+    that an IPv4 /32 with an id past 64 bits (in the /32 table, not a bucket) is probed after
+    the /16-/31 ranges of its /16. Either way a ban, so the verdict is the same."""
+    if net.family == 4 and net.prefixlen == 32:
+        return 33 if ident < 2**64 else 15.5
+    return net.prefixlen
+
+
 def _check(index: DecisionIndex, model: Model) -> None:
     assert len(index) == len(model.held)
     assert Counter(index.decisions()) == Counter(model.held.values())
@@ -107,10 +116,10 @@ def _check(index: DecisionIndex, model: Model) -> None:
             if ip.version == 4:  # with the caller's text: the same decisions
                 assert index.lookup(4, int(ip), now, True, str(ip)) == got
             first = index.lookup(ip.version, int(ip), now, complete=False)
-            bans = [(net.prefixlen, d) for net, d in want if d.type == "ban"]
-            if bans:  # stops at a ban on the longest banned prefix: the same verdict
-                longest = max(p for p, _ in bans)
-                assert len(first) == 1 and first[0] in [d for p, d in bans if p == longest]
+            bans = [(_probe_rank(net, d.id), d) for net, d in want if d.type == "ban"]
+            if bans:  # stops at the first ban it probes: the same verdict
+                best = max(r for r, _ in bans)
+                assert len(first) == 1 and first[0] in [d for r, d in bans if r == best]
             else:
                 assert first == got
 
