@@ -1,7 +1,7 @@
 """crowdsec-milter benchmarks: each figure measured side by side in one run, alternating
 the configurations, median of several rounds. Prints a table; never asserts a time.
 
-usage: bench/run.py [--smoke] [--only index,pull,live,latency,events,postfix]
+usage: bench/run.py [--smoke] [--only index,pull,live,latency,events,geo,postfix]
 Run from the repo with the project's venv: .venv/bin/python bench/run.py
 """
 
@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -262,10 +263,71 @@ def bench_events(lines: int, rounds: int) -> None:
         med(ours), med(floor),
         "format_event, as a milter thread calls it; other = bare json.dumps of the same fields")
 
+def bench_geo(n_decisions: int, n_networks: int, probes: int, rounds: int) -> None:
+    """Per-session decision cost (Policy.check, address text to verdict) with both MaxMind
+    databases against Ip and Range only, same index: hits (banned address), misses
+    (clean address, hot: the LRU knows it) and cold misses (every address new to the LRU,
+    so both databases are read)."""
+    from crowdsec_milter.geo import Geo
+    from crowdsec_milter.lapi import LapiClient
+    from crowdsec_milter.policy import Action, Policy, Reply
+    from crowdsec_milter.source import StreamSource
+    from mmdb import write
+
+    items = decisions(n_decisions, n_decisions // 20)
+    items += [{"id": 10**9 + i, "type": "ban", "scope": scope, "value": value,
+               "duration": "4h", "origin": "cscli", "scenario": "geo"}
+              for i, (scope, value) in enumerate((("Country", "KP"), ("AS", "64499")))]
+    rnd = random.Random(5)
+    networks = {f"{rnd.randint(1, 223)}.{rnd.randint(0, 255)}.{rnd.randint(0, 255)}.0/24":
+                (rnd.choice(("FR", "DE", "US", "BR", "CN", "KP")), rnd.randint(1, 65000))
+                for _ in range(n_networks)}
+    folder = Path(tempfile.mkdtemp(prefix="bench-geo-"))
+    country_db, asn_db = write(folder, networks)
+    lapi = BenchLapi(stream_body(items))
+    reply = Reply("550", "5.7.1", "%(ip)s blocked")
+    policies = {}
+    for name, geo in (("ip-only", None), ("both dbs", Geo(str(country_db), str(asn_db)))):
+        source = StreamSource(LapiClient(lapi.url, "bench-key", 30.0), 60.0, geo=geo)
+        assert source.pull_once()
+        policies[name] = Policy(source, actions={"ban": Action.REJECT},
+                                default_action=Action.REJECT,
+                                replies={Action.REJECT: reply, Action.TEMPFAIL: reply,
+                                         Action.DROP: reply},
+                                unavailable_reply=reply, on_lapi_error=Action.ACCEPT)
+    lapi.close()
+    shutil.rmtree(folder)  # the readers keep their maps
+    hits = [rnd.choice(items[:n_decisions])["value"] for _ in range(probes)]
+    hot = [f"198.18.{rnd.randint(0, 3)}.{rnd.randint(0, 255)}" for _ in range(probes)]
+    cold = [f"{rnd.randint(1, 223)}.{rnd.randint(0, 255)}.{rnd.randint(0, 255)}."
+            f"{rnd.randint(1, 254)}" for _ in range(probes)]
+    pc = time.perf_counter_ns
+    results: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):
+        for name, policy in policies.items():
+            for kind, ips in (("hit", hits), ("miss, hot", hot), ("miss, cold", cold)):
+                if kind == "miss, cold" and policy.source._geo is not None:  # type: ignore[attr-defined]
+                    policy.source._geo.locate.cache_clear()  # type: ignore[attr-defined]
+                times = []
+                for ip in ips:
+                    t0 = pc()
+                    policy.check(ip)
+                    times.append((pc() - t0) / 1000)
+                results.setdefault((name, kind), []).extend(times)
+    for kind in ("hit", "miss, hot", "miss, cold"):
+        geo = statistics.median(results[("both dbs", kind)])
+        plain = statistics.median(results[("ip-only", kind)])
+        row(f"per-session check with Country+AS databases, {kind} (median µs)",
+            f"{geo:.2f} (p99 {percentile(results[('both dbs', kind)], 0.99):.2f})",
+            f"{plain:.2f} (Ip/Range only)",
+            f"ratio {geo / plain:.2f}x; Policy.check, {n_decisions:,} Ip decisions, "
+            f"{n_networks:,} networks per database, LRU 4096")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: proves the scripts run")
-    parser.add_argument("--only", default="index,pull,live,latency,events,postfix")
+    parser.add_argument("--only", default="index,pull,live,latency,events,geo,postfix")
     args = parser.parse_args()
     only = set(args.only.split(","))
     big = not args.smoke
@@ -282,6 +344,9 @@ def main() -> int:
         bench_latency(100_000 if big else 1_000, 500 if big else 20, 3 if big else 1)
     if "events" in only:
         bench_events(20_000 if big else 500, 7 if big else 1)
+    if "geo" in only:
+        bench_geo(100_000 if big else 2_000, 20_000 if big else 200,
+                  20_000 if big else 500, 5 if big else 1)
     if "postfix" in only:
         try:
             from postfix_bench import bench_postfix

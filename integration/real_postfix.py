@@ -26,8 +26,13 @@ class Postfix:
 
     def __init__(self, workdir: Path, milter: str | None, port: int | None = None, *,
                  hostname: str = "mx-test.example", extra: dict[str, str] | None = None,
-                 services: dict[int, str] | None = None) -> None:
+                 services: dict[int, str] | None = None,
+                 deliver_to: str | None = None) -> None:
         self.dir = workdir
+        # a system user whose mail is delivered for real (local(8), a mailbox file under
+        # mail_dir) instead of discarded: where a test reads the headers a milter added
+        self.deliver_to = deliver_to
+        self.mail_dir = workdir / "mail"
         self.port = port or free_port()
         self.milter = milter
         self.hostname = hostname
@@ -87,6 +92,13 @@ class Postfix:
             "smtpd_client_connection_rate_limit": "0",
             "anvil_rate_time_unit": "60s",
         }
+        if self.deliver_to:
+            self.mail_dir.mkdir(exist_ok=True)
+            self.mail_dir.chmod(0o1777)
+            users = ", ".join(f"{u}=ok" for u in (*LOCAL_USERS, self.deliver_to))
+            settings.update({"local_transport": "local", "local_recipient_maps":
+                             f"inline:{{{users}}}", "mail_spool_directory": str(self.mail_dir),
+                             "mailbox_command": "", "home_mailbox": ""})
         if self.milter:
             settings["smtpd_milters"] = f"{{ {self.milter}, default_action=accept }}"
         settings.update(self.extra)
@@ -128,6 +140,11 @@ class Postfix:
         deadline = time.monotonic() + 10
         while pid_file.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def mailbox(self) -> str:
+        """The delivered mail of `deliver_to` ('' before the first delivery)."""
+        box = self.mail_dir / str(self.deliver_to)
+        return box.read_text(errors="replace") if box.exists() else ""
 
     def log_text(self) -> str:
         return self.maillog.read_text(errors="replace") if self.maillog.exists() else ""
@@ -189,7 +206,7 @@ def session(port: int, client_ip: str, *, helo: str = "client.example",
             mail_from: str | bytes = "sender@example.net",
             rcpts: list[str | bytes] = (), data: bool = True,  # type: ignore[assignment]
             client_name: str | None = None, host: str = "127.0.0.1",
-            login: str | None = None) -> Transcript:
+            login: str | None = None, subject: str = "test") -> Transcript:
     """One SMTP session through Postfix as if it came from `client_ip` (XCLIENT); with
     `login`, as if that client had authenticated (XCLIENT LOGIN: {auth_authen} at MAIL)."""
     t = Transcript()
@@ -227,7 +244,7 @@ def session(port: int, client_ip: str, *, helo: str = "client.example",
             if step("RCPT " + raw.decode("utf-8", "replace"), b"RCPT TO:<" + raw + b">") < 300:
                 accepted += 1
         if data and accepted and step("DATA", b"DATA") == 354:
-            step("<message>", b"Subject: test\r\n\r\nhello\r\n.")
+            step("<message>", f"Subject: {subject}\r\n\r\nhello\r\n.".encode())
         step("QUIT", b"QUIT")
     except (ConnectionError, OSError):
         t.closed = True

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from crowdsec_milter.events import format_event
+from crowdsec_milter.events import EVENT_VERSION, format_event
 from eventschema import sample, validate_line
 from real_crowdsec import CrowdSec
 
@@ -137,7 +137,7 @@ def test_typed_fields_reach_crowdsec_as_their_json_text(tmp_path: Path) -> None:
     read them so, and a HELO that spells them cannot set them."""
     t = time.time() - 60
     cases = [("203.0.113.21", True, "mx.example"),
-             ("203.0.113.22", False, 'x","enforced":true,"v":2,"client_ip":"192.0.2.99')]
+             ("203.0.113.22", False, 'x","enforced":true,"v":9,"client_ip":"192.0.2.99')]
     lines = [format_event("client_blocked", sample("client_blocked", client_ip=ip, helo=helo,
                                                    action="reject", enforced=enforced), t + i)
              for i, (ip, enforced, helo) in enumerate(cases)]
@@ -155,7 +155,7 @@ def test_typed_fields_reach_crowdsec_as_their_json_text(tmp_path: Path) -> None:
              for block in out.split("line: ")[1:]]
     assert [(m.get("source_ip"), m.get("log_type"), m.get("enforced"), m.get("event_version"))
             for m in metas] == [
-        ("203.0.113.21", "smtp_client_blocked", "true", "1"),
-        ("203.0.113.22", "smtp_client_blocked", "false", "1"),
-        ("203.0.113.23", "smtp_rcpt_rejected", None, "1"),  # no enforced in this event
+        ("203.0.113.21", "smtp_client_blocked", "true", str(EVENT_VERSION)),
+        ("203.0.113.22", "smtp_client_blocked", "false", str(EVENT_VERSION)),
+        ("203.0.113.23", "smtp_rcpt_rejected", None, str(EVENT_VERSION)),  # no enforced here
     ], out

@@ -68,6 +68,8 @@ def sample(event: str, **values: Any) -> dict[str, Any]:
             continue
         if spec.get("type") == "boolean":
             out[name] = True
+        elif spec.get("type") == "integer":
+            out[name] = 0
         elif "enum" in spec:
             out[name] = spec["enum"][0]
         else:

@@ -27,14 +27,17 @@ class IndexSource:
         self.usable = usable
         self.asked: list[str] = []
 
-    def lookup(self, family: int, number: int, text: str) -> list[Decision] | None:
+    def lookup(self, family: int, number: int, text: str,
+               complete: bool = False) -> list[Decision] | None:
+        """As StreamSource does: the index may stop at the first ban unless asked not to."""
         self.asked.append(text)
-        return self.index.lookup(family, number, 0.0) if self.usable else None
+        return self.index.lookup(family, number, 0.0, complete) if self.usable else None
 
     def add(self, ident: int, value: str, type_: str = "ban", scope: str = "Ip",
-            scenario: str = "crowdsecurity/postfix-spam") -> None:
+            scenario: str = "crowdsecurity/postfix-spam", origin: str = "crowdsec",
+            duration: str = "1h") -> None:
         parsed = parse_decision({"id": ident, "type": type_, "scope": scope, "value": value,
-                                 "duration": "1h", "origin": "crowdsec",
+                                 "duration": duration, "origin": origin,
                                  "scenario": scenario}, 0.0)
         assert parsed is not None
         self.index.add(*parsed)

@@ -94,17 +94,31 @@ class FakeLapi:
             if path == "/v1/decisions/stream":
                 if query.get("startup", ["false"])[0] == "true" and self.startup_body:
                     return 200, self.startup_body
+                # as LAPI: only the scopes asked for (ip,range unless told); a decision
+                # whose scope is not a string is sent anyway, to test our parser
+                scopes = query.get("scopes", ["ip,range"])[0].lower().split(",")
+
+                def wanted(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                    return [d for d in items if not isinstance(d.get("scope"), str)
+                            or d["scope"].lower() in scopes]
+
                 if query.get("startup", ["false"])[0] == "true":
                     self._pending_new.clear()
                     self._pending_deleted.clear()
-                    return 200, {"new": list(self.decisions.values()) or None, "deleted": None}
+                    return 200, {"new": wanted(list(self.decisions.values())) or None,
+                                 "deleted": None}
                 new, deleted = self._pending_new[:], self._pending_deleted[:]
                 self._pending_new.clear()
                 self._pending_deleted.clear()
-                return 200, {"new": new or None, "deleted": deleted or None}
+                return 200, {"new": wanted(new) or None, "deleted": wanted(deleted) or None}
             if path == "/v1/decisions":
                 if self.ip_bodies is not None and "ip" in query:
                     return 200, self.ip_bodies.get(_canonical(query["ip"][0]), b"null")
+                if "scopes" in query and "value" in query:  # scopes=Country&value=FR
+                    scope, value = query["scopes"][0].lower(), query["value"][0]
+                    return 200, [d for d in self.decisions.values()
+                                 if str(d.get("scope")).lower() == scope
+                                 and d.get("value") == value] or None
                 if "ip" not in query:  # no filter: every active decision
                     return 200, list(self.decisions.values()) or None
                 ip = ipaddress.ip_address(query["ip"][0])

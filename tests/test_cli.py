@@ -46,6 +46,24 @@ def test_flags_env_and_config_file(tmp_path: Path, keyfile: Path,
     assert [str(n) for n in s.trusted_networks] == ["10.0.0.0/8", "2001:db8::/32"]
 
 
+def test_selection_and_graded_actions_in_all_three_forms(
+        tmp_path: Path, keyfile: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f"api-key-file = {keyfile}\nscenarios-not-containing = [web-scan, http]\n"
+                    "action = [origin:CAPI=tempfail, scenario:*HTTP*=tag]\n")
+    monkeypatch.setenv("CROWDSEC_MILTER_ORIGINS", "[cscli, CAPI]")
+    s = parse(["-c", str(conf), "--origins", "crowdsec,lists", "--scenarios-containing", "ssh",
+               "--tag-header", "X-Spam-CrowdSec"])
+    assert s.origins == ("crowdsec", "lists")  # the flag beats the variable
+    assert s.scenarios_not_containing == ("web-scan", "http")
+    assert s.scenarios_containing == ("ssh",)
+    assert s.action_map == {"origin:capi": Action.TEMPFAIL, "scenario:*http*": Action.TAG}
+    assert s.tag_header == "X-Spam-CrowdSec"
+    assert s.selection.why_not("CAPI", "x") == "--origins"
+    monkeypatch.delenv("CROWDSEC_MILTER_ORIGINS")
+    assert parse(["--api-key-file", str(keyfile)]).selection.active is False
+
+
 def test_every_option_has_an_env_var_and_a_default_in_help() -> None:
     text = run("--help").stdout
     for action in build_parser()._actions:
@@ -76,6 +94,10 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         (["--socket", "tcp:127.0.0.1"], "--socket"),
         (["--action", "ban"], "--action"),
         (["--action", "ban=explode"], "--action"),
+        (["--action", "origin:=tag"], "--action"),
+        (["--action", "colour:red=tag"], "--action"),
+        (["--origins", "cscli,,CAPI"], "--origins"),
+        (["--tag-header", "X-Bad: name"], "--tag-header"),
         (["--reject-reply", "450 4.7.1 nope"], "--reject-reply"),
         (["--tempfail-reply", "451 4.7.1 %(secret)s"], "--tempfail-reply"),
         (["--drop-reply", "450 4.7.1 bye"], "--drop-reply"),

@@ -102,6 +102,8 @@ def hostile_events(draw: st.DrawFn) -> tuple[str, dict[str, object]]:
             continue
         if spec.get("type") == "boolean":
             fields[name] = draw(st.booleans())
+        elif spec.get("type") == "integer":
+            fields[name] = draw(st.integers(spec.get("minimum", 0), 2**63 - 1))
         elif "enum" in spec:
             fields[name] = draw(st.sampled_from(spec["enum"]))
         else:
@@ -123,7 +125,7 @@ def test_hostile_values_give_a_valid_line(case: tuple[str, dict[str, object]],
     for name, spec in fields_of(event).items():
         if name in ("time", "event", "v"):
             continue
-        if spec.get("type") == "boolean" or "enum" in spec:
+        if spec.get("type") in ("boolean", "integer") or "enum" in spec:
             assert doc[name] == fields[name]
         else:
             assert doc[name] == clean_text(fields[name])

@@ -16,8 +16,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "milter" / "crowdsec_milter"
 # above. A new module must be placed here (the test says so).
 LAYERS: list[set[str]] = [
     {"__init__", "decisions", "tally", "jsonstream", "events", "notify"},  # data, helpers
+    {"selection"},  # which decisions apply, which action each gets
     {"index", "policy"},  # pure logic over decisions
-    {"settings", "lapi", "protocol"},  # configuration; the LAPI client; what the MTA is asked
+    # configuration; the LAPI client; what the MTA is asked; MaxMind databases
+    {"settings", "lapi", "protocol", "geo"},
     {"source"},  # decision sources
     {"session", "metrics", "usage"},  # what serves or reads the parts
     {"wiring"},  # the settings to the parts
@@ -26,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"__main__"},
 ]
 # The pure core: stdlib and our own data only, no HTTP, cache, libmilter or Prometheus.
-PURE = ("decisions", "tally", "index", "policy")
+PURE = ("decisions", "tally", "selection", "index", "policy")
 
 
 def modules() -> list[str]:

@@ -116,7 +116,8 @@ def test_check_and_lookup(fake_lapi: tuple[FakeLapi, str]) -> None:
     lapi.add("not-an-ip")
     result = run_tool("check", url=url)
     assert "active decisions: 3 (ban Ip: 1, ban Range: 1, captcha Ip: 1); " \
-           "1 of other scopes (not used); 1 unusable (skipped)" in result.stdout, result.stdout
+           "1 AS (not used: no --geoip-asn-db); 1 unusable (skipped)" in result.stdout, \
+        result.stdout
     result = run_tool("check", url=url, key="wrong")
     assert result.returncode == 1 and "FAILED (auth)" in result.stdout
     assert "wrong" not in result.stdout.replace("FAILED", "")

@@ -6,6 +6,7 @@ import ipaddress
 
 import pytest
 from crowdsec_milter.policy import Action, Reply
+from crowdsec_milter.selection import ActionRules, Selection
 from helpers import IndexSource, make
 
 
@@ -127,3 +128,93 @@ def test_bad_reply_specs_are_refused(spec: str, digit: str) -> None:
 def test_reply_without_enhanced_code() -> None:
     reply = Reply.parse("554 go away %(ip)s", "5")
     assert reply.render({"ip": "192.0.2.1"}) == ("554", None, "go away 192.0.2.1")
+
+
+def test_an_unselected_decision_never_hides_a_selected_one() -> None:
+    """The index stops at the first ban unless asked not to: with a selection it is asked,
+    so a longer unselected ban on the address does not hide a shorter selected one."""
+    src = IndexSource()
+    src.add(1, "203.0.113.7", scenario="web-scan", duration="4h")
+    src.add(2, "203.0.113.7", scenario="manual", duration="1h")
+    src.add(3, "203.0.113.8", scenario="crowdsecurity/http-probing")
+    policy = make(src, scenarios_not_containing=("WEB-SCAN", "http"))
+    verdict = policy.check("203.0.113.7")
+    assert verdict is not None and verdict.decision is not None
+    assert (verdict.action, verdict.decision.id) == (Action.REJECT, 2)
+    assert policy.check("203.0.113.8") is None
+
+
+def test_origins_and_scenarios_containing_select() -> None:
+    src = IndexSource()
+    src.add(1, "203.0.113.7", origin="CAPI", scenario="crowdsecurity/ssh-bf")
+    src.add(2, "203.0.113.8", origin="cscli", scenario="crowdsecurity/postfix-spam")
+    only_capi = make(src, origins=("capi",))
+    assert only_capi.check("203.0.113.7") is not None
+    assert only_capi.check("203.0.113.8") is None
+    postfix = make(src, scenarios_containing=("POSTFIX", "smtp"))
+    assert postfix.check("203.0.113.7") is None
+    assert postfix.check("203.0.113.8") is not None
+    sel = Selection.of(["crowdsec"], ["spam"], ["test"])
+    assert sel.why_not("CAPI", "spam") == "--origins"
+    assert sel.why_not("crowdsec", "ssh") == "--scenarios-containing"
+    assert sel.why_not("crowdsec", "spam-test") == "--scenarios-not-containing"
+    assert sel.why_not("crowdsec", "spam") is None
+
+
+def test_the_most_specific_key_wins_per_decision_and_the_most_severe_per_client() -> None:
+    src = IndexSource()
+    src.add(1, "203.0.113.1", origin="CAPI", scenario="crowdsecurity/http-probing")
+    src.add(2, "203.0.113.2", origin="CAPI", scenario="crowdsecurity/ssh-bf")
+    src.add(3, "203.0.113.3", origin="cscli", scenario="manual")
+    src.add(4, "203.0.113.4", origin="CAPI", scenario="crowdsecurity/HTTP-bad-UA")
+    src.add(5, "203.0.113.4", origin="CAPI", scenario="crowdsecurity/ssh-bf",
+            duration="10m")  # tempfail beats tag
+    src.add(6, "203.0.113.5", origin="CAPI", scenario="x-http-y", type_="captcha")
+    src.add(7, "203.0.113.5", origin="cscli", scenario="manual", type_="captcha",
+            duration="5m")  # captcha=reject beats a ban's tag, though a ban comes first
+    actions = {"ban": Action.REJECT, "captcha": Action.REJECT, "origin:capi": Action.TEMPFAIL,
+               "scenario:*http*": Action.TAG}
+    policy = make(src, actions=tuple(actions.items()))
+    got = {ip: policy.check(ip) for ip in
+           ("203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.4", "203.0.113.5")}
+    assert {ip: (v.action, v.key, v.decision.id) for ip, v in got.items()} == {  # type: ignore[union-attr]
+        "203.0.113.1": (Action.TAG, "scenario:*http*", 1),
+        "203.0.113.2": (Action.TEMPFAIL, "origin:capi", 2),
+        "203.0.113.3": (Action.REJECT, "ban", 3),
+        "203.0.113.4": (Action.TEMPFAIL, "origin:capi", 5),
+        "203.0.113.5": (Action.REJECT, "captcha", 7),
+    }
+    tag = got["203.0.113.1"]
+    assert tag is not None and tag.enforce and tag.reply is None
+    assert not make(src, actions=tuple(actions.items()), dry_run=True).check("203.0.113.1").enforce  # type: ignore[union-attr]
+
+
+def test_first_ban_shortcut_only_when_it_settles_the_verdict() -> None:
+    src = IndexSource()
+    src.add(1, "203.0.113.9", type_="ban", duration="4h")
+    src.add(2, "203.0.113.9", type_="captcha", duration="1h")
+    verdict = make(src, actions=(("ban", Action.TAG), ("captcha", Action.REJECT))).check(
+        "203.0.113.9")
+    assert verdict is not None and (verdict.action, verdict.decision.id) == (Action.REJECT, 2)  # type: ignore[union-attr]
+    assert ActionRules.of({"ban": Action.REJECT, "captcha": Action.TEMPFAIL},
+                          Action.REJECT).first_ban_decides
+    assert not ActionRules.of({"ban": Action.TAG}, Action.REJECT).first_ban_decides
+    assert not ActionRules.of({"origin:capi": Action.TAG}, Action.TAG).first_ban_decides
+
+
+def test_the_readme_worked_example() -> None:
+    """README, Choosing decisions: community blocklist tempfails, local bans reject,
+    web-scan scenarios tag."""
+    from crowdsec_milter.cli import parse_actions
+
+    actions = dict(parse_actions(["ban=reject", "origin:CAPI=tempfail",
+                                  "origin:lists=tempfail", "scenario:*http*=tag",
+                                  "scenario:*web-scan*=tag"]))
+    src = IndexSource()
+    src.add(1, "203.0.113.9", origin="CAPI", scenario="crowdsecurity/http-probing")
+    src.add(2, "203.0.113.10", origin="CAPI", scenario="crowdsecurity/ssh-bf")
+    src.add(3, "203.0.113.11", origin="crowdsec", scenario="crowdsecurity/postfix-spam")
+    src.add(4, "203.0.113.11", origin="CAPI", scenario="crowdsecurity/ssh-bf", duration="9h")
+    policy = make(src, actions=tuple(actions.items()))
+    assert [policy.check(f"203.0.113.{n}").action for n in (9, 10, 11)] == [  # type: ignore[union-attr]
+        Action.TAG, Action.TEMPFAIL, Action.REJECT]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import email.message
 from pathlib import Path
 
 import Milter
 import pytest
+from crowdsec_milter.decisions import Decision
+from crowdsec_milter.events import EVENT_VERSION
 from crowdsec_milter.policy import Action, Stage
+from crowdsec_milter.session import tag_value
 from crowdsec_milter.settings import Settings
 from eventschema import read_events
 from helpers import IndexSource, ctx_for, make, started_writer
@@ -175,7 +179,7 @@ def test_rejected_recipients_become_events(tmp_path: Path) -> None:
     assert len(events) == 2
     assert {e["client_ip"] for e in events} == {"192.0.2.9"}
     assert events[0] | {"time": None} == {
-        "time": None, "event": "rcpt_rejected", "v": 1, "client_ip": "192.0.2.9",
+        "time": None, "event": "rcpt_rejected", "v": EVENT_VERSION, "client_ip": "192.0.2.9",
         "client_name": "probe.example", "helo": 'x"y', "mail_from": "<spam@example.net>",
         "rcpt": "<guess1@example.org>", "status": "5.1.1",
         "reason": "Recipient address rejected: User unknown", "queue_id": "4ABC123",
@@ -240,3 +244,48 @@ def test_bouncer_only_with_traps_or_exempt_logins_keeps_what_they_need() -> None
     ctx._negotiate()
     assert not ctx._protocol & Milter.P_NOMAIL
     assert ctx._protocol & Milter.P_NR_MAIL
+
+
+def test_tagged_client_stays_to_end_of_message_and_gets_one_safe_header(
+        tmp_path: Path) -> None:
+    src = IndexSource()
+    src.add(1, "203.0.113.7", scenario="crowdsecurity/http-probing\r\nBcc: x\u00e9")
+    src.add(2, "203.0.113.8", scenario="manual")
+    policy = make(src, actions=(("ban", Action.REJECT), ("scenario:*http*", Action.TAG)))
+    header = ("ban; origin=crowdsec; scenario=crowdsecurity/http-probing??Bcc: x?; "
+              "scope=Ip; value=203.0.113.7")
+    for events in (None, started_writer(tmp_path / "events.log")):
+        ctx = ctx_for(Stage.CONNECT, policy, events)
+        assert ctx._connect(ip="203.0.113.7") == Milter.CONTINUE
+        # asked of the MTA: adding headers and nothing else; never headers or body
+        assert ctx._opts[0] == Milter.ADDHDRS
+        assert ctx._opts[1] & (Milter.P_NOHDRS | Milter.P_NOEOH | Milter.P_NOBODY) == \
+            Milter.P_NOHDRS | Milter.P_NOEOH | Milter.P_NOBODY
+        assert ctx._envfrom("<a@example.net>") == Milter.CONTINUE
+        assert ctx._envrcpt("<bob@example.org>") == Milter.CONTINUE
+        assert ctx._data() == Milter.CONTINUE  # stays for the end of message
+        for _ in range(2):  # every message of the session
+            ctx._msg = email.message.Message()
+            assert ctx._eom() == Milter.ACCEPT
+            assert ctx._msg.get_all("X-CrowdSec-Decision") == [header]
+        # the same milter lets a clean client go (at connect without events, else at
+        # DATA), and rejects a banned one
+        rc = ctx._connect(ip="192.0.2.50")
+        if events is None:
+            assert rc == Milter.ACCEPT
+        else:
+            assert rc == Milter.CONTINUE and ctx._envfrom("<a@example.net>") == Milter.CONTINUE
+            assert ctx._data() == Milter.ACCEPT
+            events.stop()
+        assert ctx._connect(ip="203.0.113.8") == Milter.REJECT
+
+
+def test_without_a_tag_key_no_right_to_change_messages_is_asked() -> None:
+    ctx = ctx_for(Stage.CONNECT, make(banned_source()))
+    ctx._connect(ip="192.0.2.50")
+    assert ctx._opts[0] == 0
+
+
+def test_tag_header_value_is_bounded() -> None:
+    d = Decision(1, "ban", "Ip", "192.0.2.1", "CAPI", "s" * 5000, 0.0)
+    assert len(tag_value(d)) == 900 and tag_value(d).isascii()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from crowdsec_milter.app import Activity, reload
 from crowdsec_milter.cli import build_parser
-from crowdsec_milter.policy import Stage
+from crowdsec_milter.policy import Action, Stage
 from crowdsec_milter.settings import RESTART_ONLY, ConfigError, Settings
 from crowdsec_milter.wiring import build
 
@@ -65,3 +65,16 @@ def test_a_reload_that_cannot_load_keeps_the_running_settings(
         assert reload(parts, Activity(), old, refuse) is old
     assert parts.context is context
     assert "reload refused, keeping the running config: --stage" in caplog.text
+
+
+def test_reload_changes_selection_actions_and_tag_header_without_a_resync(parts) -> None:
+    old = Settings(event_log="none", usage_metrics_interval=0.0)
+    new = dataclasses.replace(old, origins=("capi",), scenarios_not_containing=("http",),
+                              actions=(("origin:capi", Action.TAG),), tag_header="X-Tagged")
+    source = parts.source
+    reload(parts, Activity(), old, lambda: new)
+    assert parts.source is source  # the decisions held stay
+    assert parts.policy.selection.why_not("cscli", "x") == "--origins"
+    assert parts.policy.selection.why_not("CAPI", "crowdsecurity/http-probing") == \
+        "--scenarios-not-containing"
+    assert parts.context.tag_header == "X-Tagged" and parts.context.tagging

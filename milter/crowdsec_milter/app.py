@@ -256,7 +256,9 @@ def run(settings: Settings, load: Callable[[], Settings]) -> int:
 
     activity = Activity()
     Milter.factory = tracked(session_class(parts.context), activity)
-    Milter.set_flags(0)  # we never modify messages
+    # Only the tag action modifies messages (one added header); Session.negotiate asks the
+    # MTA for that one right per connection, and only while some key can give tag.
+    Milter.set_flags(Milter.ADDHDRS)
     failed = threading.Event()
     done = threading.Event()
 

@@ -125,11 +125,33 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
                         "60 s in all, 300 s for a startup pull")
     p.add_argument("--on-lapi-error", choices=("accept", "tempfail"), default=str(d.on_lapi_error),
                    help="what clients get while no decision can be had")
-    p.add_argument("--action", action="append", default=None, metavar="TYPE=ACTION",
-                   help="decision type to reject|tempfail|drop|accept (repeatable) "
+    p.add_argument("--action", action="append", default=None, metavar="KEY=ACTION",
+                   help="action for decisions of a TYPE, an origin:NAME or a scenario:GLOB "
+                        "(shell-style, case-insensitive): reject|tempfail|drop|tag|accept; "
+                        "repeatable; per decision the most specific key wins (scenario, "
+                        "origin, type), per client the most severe action "
                         "[default: ban=reject captcha=tempfail]")
     p.add_argument("--default-action", choices=[a.value for a in Action],
-                   default=str(d.default_action), help="action for decision types not listed")
+                   default=str(d.default_action),
+                   help="action for decisions no --action key matches")
+    p.add_argument("--origins", action="append", default=None, metavar="LIST",
+                   help="enforce only decisions of these origins (comma-separated or "
+                        "repeated: crowdsec, cscli, cscli-import, CAPI, lists, console...) "
+                        "[default: all]")
+    p.add_argument("--scenarios-containing", action="append", default=None, metavar="WORD",
+                   help="enforce only decisions whose scenario contains one of these words "
+                        "(case-insensitive; repeatable)")
+    p.add_argument("--scenarios-not-containing", action="append", default=None,
+                   metavar="WORD", help="never enforce decisions whose scenario contains one "
+                                        "of these words (case-insensitive; repeatable)")
+    p.add_argument("--tag-header", default=d.tag_header, metavar="NAME",
+                   help="header added to each message of a client whose action is tag")
+    p.add_argument("--geoip-country-db", default=None, metavar="PATH",
+                   help="MaxMind DB file giving an address's country (GeoLite2-Country "
+                        "layout): enforces Country decisions; off by default")
+    p.add_argument("--geoip-asn-db", default=None, metavar="PATH",
+                   help="MaxMind DB file giving an address's AS number (GeoLite2-ASN "
+                        "layout): enforces AS decisions; off by default")
     p.add_argument("--stage", choices=[s.value for s in Stage], default=str(d.stage),
                    help="where a banned client is answered")
     for name, reply in (("reject", d.reject_reply), ("tempfail", d.tempfail_reply),
@@ -234,21 +256,61 @@ def check_url(url: str) -> str:
     return url
 
 
+_ACTION_KEY = re.compile(r"(?:origin:[^\s=:]+|scenario:[^\s=]+|[^\s=:]+)")
+_HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,64}")  # RFC 5322 field name, kept short
+
+
 def parse_actions(specs: Sequence[str] | None) -> tuple[tuple[str, Action], ...]:
+    """`--action` specs as (key, action), keys lower-cased; a key given twice keeps the
+    last one. Keys: TYPE, origin:NAME, scenario:GLOB."""
     if specs is None:
         return Settings().actions
     result: dict[str, Action] = {}
     for spec in specs:
-        dtype, sep, action = spec.partition("=")
+        key, sep, action = spec.rpartition("=")
+        key = key.strip().lower()
         try:
-            if not sep or not dtype.strip():
+            if not sep or not _ACTION_KEY.fullmatch(key):
                 raise ValueError
-            result[dtype.strip().lower()] = Action(action.strip().lower())
+            result[key] = Action(action.strip().lower())
         except ValueError:
             raise ConfigError(
-                f"--action {spec!r} is not TYPE=reject|tempfail|drop|accept"
+                f"--action {spec!r} is not KEY=reject|tempfail|drop|tag|accept with KEY a "
+                "decision type, origin:NAME or scenario:GLOB"
             ) from None
     return tuple(result.items())
+
+
+def split_list(name: str, values: Sequence[str] | None) -> tuple[str, ...] | None:
+    """Repeated and comma-separated values as one tuple (None when the option is absent);
+    an empty item is an error, not a filter that matches nothing."""
+    if values is None:
+        return None
+    items = tuple(v.strip() for value in values for v in value.split(","))
+    if not items or not all(items):
+        raise ConfigError(f"--{name}: empty name in {','.join(values)!r}")
+    return items
+
+
+def check_mmdb(option: str, path: str | None) -> str | None:
+    """A MaxMind DB file that opens, or ConfigError naming the option (checked at start,
+    not at the first client)."""
+    if not path:
+        return None
+    from .geo import Geo, GeoError  # maxminddb only when a database is given
+
+    try:
+        Geo(path, None).close()
+    except GeoError as exc:
+        raise ConfigError(str(exc).replace("--geoip-country-db", option)) from None
+    return path
+
+
+def check_header_name(name: str) -> str:
+    if not _HEADER_NAME.fullmatch(name):
+        raise ConfigError(f"--tag-header {name!r} is not a header name (1-64 printable "
+                          "ASCII characters, no colon or space)")
+    return name
 
 
 def check_listen(spec: str | None) -> tuple[str, int] | None:
@@ -310,6 +372,14 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
         on_lapi_error=Action(args.on_lapi_error),
         actions=parse_actions(args.action),
         default_action=Action(args.default_action),
+        origins=split_list("origins", args.origins),
+        scenarios_containing=split_list("scenarios-containing",
+                                        args.scenarios_containing) or (),
+        scenarios_not_containing=split_list("scenarios-not-containing",
+                                            args.scenarios_not_containing) or (),
+        tag_header=check_header_name(args.tag_header),
+        geoip_country_db=check_mmdb("--geoip-country-db", args.geoip_country_db),
+        geoip_asn_db=check_mmdb("--geoip-asn-db", args.geoip_asn_db),
         stage=Stage(args.stage),
         reject_reply=replies["reject"],
         tempfail_reply=replies["tempfail"],

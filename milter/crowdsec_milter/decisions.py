@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import time
 from typing import Any, NamedTuple
 
 # Severity order: a ban outranks a captcha, which outranks every other type.
@@ -228,6 +229,49 @@ def parse_decision(item: object, now: float) -> tuple[Decision, Network] | None:
                     _text(item, "scenario"), now + seconds), network  # type: ignore[arg-type]
 
 
+# Decision scopes matched through a MaxMind database, as LAPI's `scopes=` names them.
+GEO_SCOPES = {"country": "Country", "as": "AS"}
+
+
+def normalize_scoped(scope: str, value: str) -> str | None:
+    """A Country or AS decision's value as compared (FR, 64500); None when it is neither
+    an ISO country code nor an AS number (with or without 'AS')."""
+    value = value.strip()
+    if scope == "Country":
+        return value.upper() if len(value) == 2 and value.isascii() and value.isalpha() else None
+    digits = value[2:] if value[:2].upper() == "AS" else value
+    if digits.isascii() and digits.isdigit() and len(digits) <= 10:
+        return str(int(digits))
+    return None
+
+
+def parse_scoped_decision(item: object, now: float) -> Decision | None:
+    """A Country or AS decision from one LAPI JSON object (value normalized), or None for
+    any other scope; DecisionError when it is one of those but unusable."""
+    if item.__class__ is not dict:
+        raise DecisionError(f"decision is not an object: {item!r:.60}")
+    get = item.get  # type: ignore[attr-defined]
+    scope = get("scope")
+    scope = GEO_SCOPES.get(scope.lower()) if isinstance(scope, str) else None
+    if scope is None:
+        return None
+    ident, dtype, value = get("id"), get("type"), get("value")
+    if ident.__class__ is not int:
+        raise DecisionError(f"id is not an integer: {ident!r:.40}")
+    if dtype.__class__ is not str or not dtype:
+        raise DecisionError(f"type is missing or not a string: {dtype!r:.40}")
+    normal = normalize_scoped(scope, value) if isinstance(value, str) else None
+    if normal is None:
+        raise DecisionError(f"{scope} decision value is not usable: {value!r:.60}")
+    seconds = parse_duration(get("duration"))
+    if seconds > MAX_DURATION:
+        raise DecisionError(f"duration is absurd: {get('duration')!r:.40}")
+    if seconds < 0:
+        raise DecisionError(f"duration is negative (already expired): {get('duration')!r:.40}")
+    return Decision(ident, dtype.lower()[:64], scope, normal, _text(item, "origin", 64),  # type: ignore[arg-type]
+                    _text(item, "scenario"), now + seconds)  # type: ignore[arg-type]
+
+
 def parse_ipv4_fast(item: dict[str, Any], now: float
                     ) -> tuple[int, int, tuple[str, str, str, str], float] | None:
     """The bulk of any startup answer, read with the least work: an Ip decision on an IPv4
@@ -258,3 +302,10 @@ def parse_ipv4_fast(item: dict[str, Any], now: float
     if seconds > MAX_DURATION:
         return None
     return ident, address, (dtype.lower(), "Ip", origin, scenario), now + seconds
+
+
+def iso_expiry(expires: float, monotonic_now: float, wall_now: float) -> str:
+    """A decision's expiry (on the monotonic clock) as ISO 8601 UTC wall time, to the
+    second: what a log line or event says as `until`."""
+    at = wall_now + (expires - monotonic_now)
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(at, 0.0)))

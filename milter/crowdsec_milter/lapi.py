@@ -266,11 +266,16 @@ class LapiClient:
         except httpx.HTTPError as exc:
             raise LapiError("connect", f"LAPI unreachable: {type(exc).__name__}") from exc
 
-    def stream_items(self, startup: bool) -> Iterator[tuple[str, Any]]:
+    def stream_items(self, startup: bool, scopes: str = "") -> Iterator[tuple[str, Any]]:
         """One pull, as ("new" | "deleted", decision) pairs read while the body arrives,
         so a startup answer with a million decisions is never held whole in memory.
         Raises LapiError, possibly after some pairs were given: use them only at the end."""
-        params = {"startup": "true" if startup else "false"}
+        # dedup=false: by default LAPI keeps only the longest decision per (value, type,
+        # scope), so a longer decision we do not select would hide a shorter one we do
+        # (crowdsec#2014); 1.4.6 honours it on startup and delta pulls alike.
+        params = {"startup": "true" if startup else "false", "dedup": "false"}
+        if scopes:  # LAPI's default is ip,range
+            params["scopes"] = scopes
         timeout, total = ((self._startup_timeout, self._startup_total) if startup
                           else (self._timeout, self._pull_total))
         for key, item in self._walk("v1/decisions/stream", params, timeout, total,
@@ -299,7 +304,15 @@ class LapiClient:
     def query(self, ip: str) -> list[Any]:
         """The decisions LAPI holds on one address (Ranges covering it included). Like
         active_decisions, it can move the key's stream cursor."""
-        doc = self._get("v1/decisions", {"ip": ip}, self._timeout)
+        return self._query({"ip": ip})
+
+    def query_scope(self, scope: str, value: str) -> list[Any]:
+        """The decisions LAPI holds on one value of a scope (`scopes=Country&value=FR`,
+        answered so by 1.4.6 as by current releases)."""
+        return self._query({"scopes": scope, "value": value})
+
+    def _query(self, params: dict[str, str]) -> list[Any]:
+        doc = self._get("v1/decisions", params, self._timeout)
         if doc is None:
             return []
         if not isinstance(doc, list):

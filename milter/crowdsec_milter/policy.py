@@ -16,14 +16,18 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .decisions import Decision, parse_address
+from .selection import RANK, ActionRules, Selection
 from .tally import LOOKUP_CLEAN, LOOKUP_MATCH, LOOKUP_UNAVAILABLE, Tally
 
 
 class DecisionSource(Protocol):
     """What the policy asks: the unexpired decisions covering an address, best first, or
-    None while no decision can be had. `usable` is False until decisions can be had."""
+    None while no decision can be had. `usable` is False until decisions can be had.
+    complete=False lets a source stop at the first ban (the policy says when that is
+    enough); Country and AS decisions on the address come with the rest."""
 
-    def lookup(self, family: int, number: int, text: str) -> list[Decision] | None: ...
+    def lookup(self, family: int, number: int, text: str,
+               complete: bool = True) -> list[Decision] | None: ...
 
     @property
     def usable(self) -> bool: ...
@@ -34,6 +38,7 @@ class Action(enum.StrEnum):
     REJECT = "reject"  # 5xx
     TEMPFAIL = "tempfail"  # 4xx
     DROP = "drop"  # 421 and disconnect
+    TAG = "tag"  # let through, with a header on each message naming the decision
 
 
 class Stage(enum.StrEnum):
@@ -84,13 +89,15 @@ class Reply:
 @dataclass(frozen=True)
 class Verdict:
     """What to do with a client. `enforce` is False for accept-only and dry-run verdicts;
-    `decision` is None when the verdict comes from a LAPI outage, not a decision."""
+    `decision` is None when the verdict comes from a LAPI outage, not a decision; `key`
+    is the --action key that gave the action."""
 
     action: Action
     reply: tuple[str, str | None, str] | None
     decision: Decision | None
     enforce: bool
     reason: str  # "decision", "lapi_unavailable"
+    key: str = ""
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -122,11 +129,14 @@ class Policy:
         trusted: Iterable[IPNetwork] = (),
         dry_run: bool = False,
         tally: Tally | None = None,
+        selection: Selection | None = None,
     ) -> None:
         self.source = source
         self.tally = tally or Tally()
-        self._actions = dict(actions)
-        self._default = default_action
+        self.rules = ActionRules.of(actions, default_action)
+        self.selection = selection or Selection()
+        # the index may stop at the first ban only when that settles the verdict
+        self._complete = self.selection.active or not self.rules.first_ban_decides
         self._replies = dict(replies)
         self._unavailable = unavailable_reply
         self._on_error = on_lapi_error
@@ -138,8 +148,9 @@ class Policy:
             shift = bits - net.prefixlen
             self._trusted.append((family, shift, int(net.network_address) >> shift))
 
-    def action_for(self, decision_type: str) -> Action:
-        return self._actions.get(decision_type, self._default)
+    def action_for(self, decision: Decision) -> tuple[Action, str]:
+        """The action one decision gets, and the --action key that gave it."""
+        return self.rules.action_for(decision)
 
     def is_trusted(self, family: int, number: int) -> bool:
         return any(f == family and number >> s == n for f, s, n in self._trusted)
@@ -152,10 +163,12 @@ class Policy:
         family, number, text = key
         if self.is_trusted(family, number):
             return None
-        decisions = self.source.lookup(family, number, text)
+        decisions = self.source.lookup(family, number, text, self._complete)
         if decisions is None:
             self.tally.inc(LOOKUP_UNAVAILABLE)
             return self.unavailable(text)
+        if decisions and self.selection.active:
+            decisions = [d for d in decisions if self.selection.selects(d)]
         if not decisions:
             self.tally.inc(LOOKUP_CLEAN)
             return None
@@ -163,16 +176,21 @@ class Policy:
         return self.verdict_for(decisions, text)
 
     def verdict_for(self, decisions: list[Decision], ip: str) -> Verdict:
-        """The most severe decision (ban, then captcha, then others) sets the action."""
+        """Each decision gets the action of its most specific --action key; the most severe
+        action wins (ties: the first decision, i.e. ban before captcha, longest-lived)."""
         decision = decisions[0]
-        action = self.action_for(decision.type)
+        action, key = self.action_for(decision)
+        for other in decisions[1:]:
+            other_action, other_key = self.action_for(other)
+            if RANK[other_action] > RANK[action]:
+                decision, action, key = other, other_action, other_key
         reply = None
-        if action is not Action.ACCEPT:
+        if action in self._replies:
             fields = {"ip": ip, "type": decision.type, "scenario": decision.scenario,
                       "origin": decision.origin}
             reply = self._replies[action].render(fields)
         return Verdict(action, reply, decision, action is not Action.ACCEPT and not self._dry_run,
-                       "decision")
+                       "decision", key)
 
     def unavailable(self, ip: str) -> Verdict | None:
         """What a client gets while no decision can be had (also after an internal error)."""

@@ -6,18 +6,26 @@ accepts at DATA so the MTA never sends headers or body, accepts at the deciding 
 the event log is off and nothing later can change the answer, and never lets an exception
 reach libmilter (pymilter would answer its own 451): an internal error gets what
 `--on-lapi-error` says.
+
+The one exception is a client whose action is `tag`: its session stays to the end of each
+message to add one header naming the decision (headers and body are still never sent to
+us), and the right to add headers is asked for only while some `--action` key can give
+`tag`.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
+import re
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import Milter
 
+from .decisions import Decision, iso_expiry
 from .events import EventWriter, clean_text
 from .policy import Action, Policy, Stage, Verdict
 from .protocol import Request, request
@@ -43,6 +51,12 @@ class SessionContext:
     exempt_authenticated: bool = False
     # spam-trap recipients: a RCPT to one is reported as a rcpt_trap event
     trap_rcpt: tuple[str, ...] = ()
+    tag_header: str = "X-CrowdSec-Decision"
+
+    @property
+    def tagging(self) -> bool:
+        """Whether some --action key (or the default) can give tag."""
+        return Action.TAG in self.policy.rules.actions
 
     def allowed_rcpt(self, rcpt: str) -> bool:
         return _matches(rcpt, self.always_allow_rcpt)
@@ -65,6 +79,18 @@ class SessionContext:
 def _matches(rcpt: str, patterns: tuple[str, ...]) -> bool:
     address = rcpt.strip().strip("<>").lower()
     return any(fnmatch.fnmatchcase(address, pattern) for pattern in patterns)
+
+
+TAG_LIMIT = 900  # bytes of a tag header's value: one header, well inside RFC 5322's 998
+_NOT_HEADER_SAFE = re.compile(r"[^\x20-\x7e]")
+
+
+def tag_value(decision: Decision) -> str:
+    """The tag header's value: `TYPE; origin=..; scenario=..; scope=..; value=..`, in
+    printable ASCII only (a scenario may hold anything LAPI was given) and bounded."""
+    text = (f"{decision.type}; origin={decision.origin}; scenario={decision.scenario}; "
+            f"scope={decision.scope}; value={decision.value}")
+    return _NOT_HEADER_SAFE.sub("?", text)[:TAG_LIMIT]
 
 
 def _addr(family: int, hostaddr: Any) -> str:
@@ -93,6 +119,7 @@ class Session(Milter.Base):
         self.verdict: Verdict | None = None
         self.asked = False
         self.reported = False
+        self.tag = ""  # the header value each message gets, for a tagged client
 
     # -- callbacks -------------------------------------------------------------------------
 
@@ -113,7 +140,10 @@ class Session(Milter.Base):
                     self._said.add("symlist")
                     log.info("the MTA does not let the milter choose its macros: asking for "
                              "the MAIL callback too, for the sender of events")
-            self._actions = actions
+            # of the rights to change messages, only adding headers, only while tag is
+            # possible (headers and body are never asked for: protocol.NEVER)
+            opts[0] = self._actions = actions & (Milter.ADDHDRS if self.context.tagging
+                                                 else 0)
             self._protocol = opts[1] = req.steps
             opts[2] = opts[3] = 0
             if req.rcpt_macros:
@@ -162,7 +192,18 @@ class Session(Milter.Base):
         return result
 
     def data(self) -> int:
-        # Nothing in headers or body matters to us: let the MTA skip the content phase.
+        # Nothing in headers or body matters to us: let the MTA skip the content phase,
+        # unless the client is tagged (the header is added at end of message).
+        return Milter.CONTINUE if self.tag else Milter.ACCEPT
+
+    def eom(self) -> int:
+        """Only tagged sessions get here: one header naming the decision per message."""
+        if self.tag:
+            try:
+                self.addheader(self.context.tag_header, self.tag)
+            except Exception:  # the message still goes through, untagged
+                self.context.tally.inc(ERRORS)
+                log.exception("internal error adding the %s header", self.context.tag_header)
         return Milter.ACCEPT
 
     # -- internals -------------------------------------------------------------------------
@@ -185,6 +226,10 @@ class Session(Milter.Base):
                 self._report(verdict, stage, rcpt, exempt)
             if exempt or not verdict.enforce:
                 return self._passed()
+            if verdict.action is Action.TAG:  # let through; stays for the end of message
+                assert verdict.decision is not None
+                self.tag = tag_value(verdict.decision)
+                return Milter.CONTINUE
             assert verdict.reply is not None
             code, xcode, text = verdict.reply
             if verdict.action is Action.DROP:
@@ -228,13 +273,16 @@ class Session(Milter.Base):
                    f"{verdict.action if verdict.enforce else 'not block'})"
         else:
             head = "would block" if not verdict.enforce else f"{verdict.action}"
+        until = iso_expiry(decision.expires, time.monotonic(), time.time()) if decision else ""
         log.info(
-            "%s client=%s type=%s scope=%s value=%s scenario=%s origin=%s stage=%s%s",
+            "%s client=%s type=%s scope=%s value=%s scenario=%s origin=%s id=%s until=%s "
+            "key=%s stage=%s%s",
             head,
             clean_text(self.ip, 64), dtype or verdict.reason,
             decision.scope if decision else "", decision.value if decision else "",
             clean_text(decision.scenario if decision else "", 128).replace(" ", "_") or "-",
-            decision.origin if decision else "", stage,
+            decision.origin if decision else "", decision.id if decision else "-",
+            until or "-", verdict.key or "-", stage,
             "" if verdict.enforce else " dry_run=1" if decision else "",
         )
         if self.context.events is not None:
@@ -248,6 +296,8 @@ class Session(Milter.Base):
                 decision_value=decision.value if decision else "",
                 scenario=decision.scenario if decision else "",
                 origin=decision.origin if decision else "",
+                decision_id=decision.id if decision else 0,
+                decision_until=until,
                 mta=self._macro("j"),
             )
 

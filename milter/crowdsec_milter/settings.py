@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .policy import Action, Reply, Stage
+from .selection import Selection
 
 
 class ConfigError(Exception):
@@ -38,6 +39,10 @@ class Settings:
     on_lapi_error: Action = Action.ACCEPT
     actions: tuple[tuple[str, Action], ...] = (("ban", Action.REJECT), ("captcha", Action.TEMPFAIL))
     default_action: Action = Action.REJECT
+    origins: tuple[str, ...] | None = None  # None: every origin
+    scenarios_containing: tuple[str, ...] = ()
+    scenarios_not_containing: tuple[str, ...] = ()
+    tag_header: str = "X-CrowdSec-Decision"
     stage: Stage = Stage.CONNECT
     reject_reply: Reply = Reply("550", "5.7.1", "%(ip)s is blocked by CrowdSec")
     tempfail_reply: Reply = Reply("451", "4.7.1", "%(ip)s is temporarily blocked by CrowdSec")
@@ -58,6 +63,8 @@ class Settings:
     lapi_ca: str | None = _restart(None)
     lapi_cert: str | None = _restart(None)
     lapi_key: str | None = _restart(None)
+    geoip_country_db: str | None = _restart(None)  # the source is built with them
+    geoip_asn_db: str | None = _restart(None)
     log_level: str = "info"
     log_format: str = "text"
     milter_timeout: int = 600
@@ -65,6 +72,11 @@ class Settings:
     @property
     def action_map(self) -> dict[str, Action]:
         return dict(self.actions)
+
+    @property
+    def selection(self) -> Selection:
+        return Selection.of(self.origins, self.scenarios_containing,
+                            self.scenarios_not_containing)
 
     @property
     def replies(self) -> dict[Action, Reply]:

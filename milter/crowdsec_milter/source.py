@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,7 +25,9 @@ from .decisions import (
     network_text,
     parse_decision,
     parse_ipv4_fast,
+    parse_scoped_decision,
 )
+from .geo import Geo, ScopedDecisions
 from .index import DecisionIndex
 from .lapi import LapiClient, LapiError
 
@@ -64,7 +66,8 @@ class Source(Protocol):
     @property
     def alive(self) -> bool: ...
 
-    def lookup(self, family: int, number: int, text: str) -> list[Decision] | None: ...
+    def lookup(self, family: int, number: int, text: str,
+               complete: bool = True) -> list[Decision] | None: ...
 
     def stats(self) -> SourceStats: ...
 
@@ -105,6 +108,15 @@ class _Counter:
             log.debug("ignoring decision with scope %r", item.get("scope"))
         return parsed
 
+    def parse_scoped(self, item: Any, now: float) -> Decision | None:
+        """parse_scoped_decision (Country, AS), counting an unusable one."""
+        try:
+            return parse_scoped_decision(item, now)
+        except DecisionError as exc:
+            self.bad += 1
+            self.first = self.first or str(exc)
+            return None
+
     def report(self, counts: _Counts) -> None:
         if self.bad:
             counts.bad_decisions += self.bad
@@ -112,7 +124,10 @@ class _Counter:
                         self.bad, self.first)
 
 
-def _add(item: Any, now: float, into: DecisionIndex, count: _Counter) -> None:
+def _add(item: Any, now: float, into: DecisionIndex, count: _Counter,
+         scoped: ScopedDecisions | None = None) -> None:
+    """Hold one decision: Ip and Range ones in the index, Country and AS ones in `scoped`
+    (when there is one: a database to match them)."""
     if item.__class__ is dict:
         fast = parse_ipv4_fast(item, now)
         if fast is not None and into.add_ipv4(*fast):
@@ -120,13 +135,21 @@ def _add(item: Any, now: float, into: DecisionIndex, count: _Counter) -> None:
     parsed = count.parse(item, now)
     if parsed is not None:
         into.add(*parsed)
+    elif scoped is not None:
+        geo = count.parse_scoped(item, now)
+        if geo is not None:
+            scoped.add(geo)
 
 
-def _delete(item: Any, now: float, index: DecisionIndex) -> int:
+def _delete(item: Any, now: float, index: DecisionIndex,
+            scoped: ScopedDecisions | None = None) -> int:
     """Drop one decision LAPI lists as deleted (by id: another decision on the same value
     stays); 1 if it was held."""
     try:
         parsed = parse_decision(_as_live(item), now)
+        if parsed is None and scoped is not None:
+            geo = parse_scoped_decision(_as_live(item), now)
+            return 1 if geo is not None and scoped.remove(geo.scope, geo.value, geo.id) else 0
     except DecisionError as exc:
         log.debug("ignoring unusable deleted decision: %s", exc)
         return 0
@@ -150,8 +173,13 @@ class StreamSource(_LapiSource):
 
     def __init__(self, client: LapiClient, update_frequency: float, *,
                  resync_interval: float = 3600.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 geo: Geo | None = None) -> None:
         super().__init__(client, clock)
+        # Country and AS decisions, asked of LAPI only for the scopes a database can match
+        self._geo = geo
+        self._scopes = ",".join(("ip", "range", *geo.scopes)) if geo and geo.scopes else ""
+        self._scoped = ScopedDecisions()
         self._every = update_frequency
         self._resync_interval = resync_interval
         self._index = DecisionIndex()
@@ -174,15 +202,39 @@ class StreamSource(_LapiSource):
     def index(self) -> DecisionIndex:
         return self._index
 
-    def lookup(self, family: int, number: int, text: str) -> list[Decision] | None:
+    def lookup(self, family: int, number: int, text: str,
+               complete: bool = False) -> list[Decision] | None:
         if not self._synced:
             return None
-        return self._index.lookup(family, number, self._clock(), False, text)
+        now = self._clock()
+        found = self._index.lookup(family, number, now, complete, text)
+        scoped = self._scoped
+        if self._geo is not None and (scoped.held["Country"] or scoped.held["AS"]):
+            # the databases are read only while some Country or AS decision is held
+            country, asn = self._geo.locate(text)
+            extra = (scoped.lookup("Country", country, now) if country else []) + \
+                (scoped.lookup("AS", asn, now) if asn else [])
+            if extra:
+                found = sorted(found + extra, key=lambda d: (d.severity, -d.expires))
+        return found
+
+    def _items(self, startup: bool) -> Iterator[tuple[str, Any]]:
+        """One pull's items, asking for Country and AS decisions only where they are used
+        (LAPI's default scopes are ip,range)."""
+        if self._scopes:
+            return self._client.stream_items(startup, self._scopes)
+        return self._client.stream_items(startup)
+
+    @property
+    def scoped_count(self) -> int:
+        """Country and AS decisions held."""
+        return len(self._scoped)
 
     def stats(self) -> SourceStats:
         counts = self._counts
         return SourceStats("stream", self._synced, counts.requests, dict(counts.errors),
-                           counts.bad_decisions, len(self._index), held=self._index.counts(),
+                           counts.bad_decisions, len(self._index) + len(self._scoped),
+                           held=self._index.counts(),
                            last_good=counts.last_good)
 
     def pull_once(self) -> bool:
@@ -210,6 +262,7 @@ class StreamSource(_LapiSource):
         if now - self._last_sweep >= 60.0:
             with self._index.lock:
                 self._index.expire(now)
+                self._scoped.expire(now)
             self._last_sweep = now
         if self._last_error_kind:
             log.info("stream pull works again")
@@ -223,11 +276,12 @@ class StreamSource(_LapiSource):
         arrives and swapped in whole once it is all good; LapiError if it is not."""
         log.info("stream resync: pulling every active decision")
         fresh = DecisionIndex(private=True)  # nobody reads it yet: grown in place
+        fresh_scoped = ScopedDecisions() if self._geo is not None else None
         count = _Counter()
         seen = 0
-        for key, item in self._client.stream_items(True):
+        for key, item in self._items(True):
             if key == "new":
-                _add(item, now, fresh, count)
+                _add(item, now, fresh, count, fresh_scoped)
                 seen += 1
                 if seen % 100_000 == 0:  # a big blocklist takes seconds: say so
                     log.info("stream resync: %d decisions read so far", seen)
@@ -238,6 +292,8 @@ class StreamSource(_LapiSource):
             return
         fresh.publish()
         self._index = fresh  # swapped whole: readers see the old index or the new one
+        if fresh_scoped is not None:
+            self._scoped = fresh_scoped
         self._last_startup = done
         self._need_startup = False
         log.info("stream resync: %d decision(s) held", len(fresh))
@@ -248,15 +304,16 @@ class StreamSource(_LapiSource):
         A half-applied delta never lasts: the failed pull makes the next one a full resync,
         which replaces the index."""
         index = self._index
+        scoped = self._scoped if self._geo is not None else None
         count = _Counter()
         added = deleted = 0
         with index.lock:
-            for key, item in self._client.stream_items(False):
+            for key, item in self._items(False):
                 if key == "new":
-                    _add(item, now, index, count)
+                    _add(item, now, index, count, scoped)
                     added += 1
                 else:
-                    deleted += _delete(item, now, index)
+                    deleted += _delete(item, now, index, scoped)
         count.report(self._counts)
         if added or deleted:
             log.info("stream delta: %d new, %d deleted, %d held", added, deleted, len(index))
@@ -349,8 +406,10 @@ class LiveSource(_LapiSource):
     a single request."""
 
     def __init__(self, client: LapiClient, cache_ttl: float, *, timeout: float,
-                 maxsize: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+                 maxsize: int = 100_000, clock: Callable[[], float] = time.monotonic,
+                 geo: Geo | None = None) -> None:
         super().__init__(client, clock)
+        self._geo = geo  # also asks for the address's Country and AS decisions
         self._ttl = cache_ttl
         self._timeout = timeout
         self._cache: TLRUCache = TLRUCache(maxsize=maxsize, ttu=self._ttu, timer=clock)
@@ -387,8 +446,28 @@ class LiveSource(_LapiSource):
             return min(now + self._ttl, min(d.expires for d in decisions))
         return now + self._ttl
 
-    def lookup(self, family: int, number: int, text: str) -> list[Decision] | None:
-        key = f"{family}:{number}"
+    def lookup(self, family: int, number: int, text: str,
+               complete: bool = True) -> list[Decision] | None:
+        """Every decision LAPI holds on the address (`complete` changes nothing here), with
+        those on its country and AS when a database tells them; each answer cached."""
+        found = self._cached(f"{family}:{number}", lambda: self._client.query(text))
+        if self._geo is None or found is None:
+            return found
+        country, asn = self._geo.locate(text)
+        for scope, value in (("Country", country), ("AS", asn)):
+            if value:
+                more = self._cached(f"{scope}:{value}",
+                                    lambda s=scope, v=value: self._client.query_scope(s, v))
+                if more is None:
+                    return None
+                found = found + more
+        if len(found) > 1:
+            found.sort(key=lambda d: (d.severity, -d.expires))
+        return found
+
+    def _cached(self, key: str, ask: Callable[[], list[Any]]) -> list[Decision] | None:
+        """The cached answer under `key`, or one request (`ask`) shared by every lookup of
+        it that comes meanwhile."""
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
@@ -404,7 +483,7 @@ class LiveSource(_LapiSource):
             pending.done.wait(self._timeout + 0.5)
             return pending.result
         try:
-            pending.result = self._fetch(text)
+            pending.result = self._fetch(ask)
             if pending.result is not None:
                 with self._lock:
                     self._cache[key] = pending.result
@@ -414,10 +493,10 @@ class LiveSource(_LapiSource):
                 self._pending.pop(key, None)
             pending.done.set()
 
-    def _fetch(self, text: str) -> list[Decision] | None:
+    def _fetch(self, ask: Callable[[], list[Any]]) -> list[Decision] | None:
         self._counts.requests += 1
         try:
-            items = self._client.query(text)
+            items = ask()
         except LapiError as exc:
             self._counts.failed(exc)
             if self._ok:
@@ -431,11 +510,17 @@ class LiveSource(_LapiSource):
         count = _Counter()
         # by id and network, as the index would hold them: a repeat replaces, not adds
         found: dict[tuple[int, Network], Decision] = {}
+        scoped: dict[int, Decision] = {}
         for item in items:
             parsed = count.parse(item, now)
             if parsed is not None:
                 decision, net = parsed
                 value = network_text(net.family, net.prefixlen, net.number, decision.scope)
                 found[decision.id, net] = decision._replace(value=value)
+            elif self._geo is not None:
+                geo = count.parse_scoped(item, now)
+                if geo is not None:
+                    scoped[geo.id] = geo
         count.report(self._counts)
-        return sorted(found.values(), key=lambda d: (d.severity, -d.expires))
+        return sorted([*found.values(), *scoped.values()],
+                      key=lambda d: (d.severity, -d.expires))

@@ -21,12 +21,20 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
-from .decisions import DecisionError, parse_address, parse_decision
+from .decisions import (
+    DecisionError,
+    iso_expiry,
+    parse_address,
+    parse_decision,
+    parse_scoped_decision,
+)
 from .lapi import LapiError
-from .policy import Stage
+from .policy import Action, Stage
+from .selection import Selection
+from .session import tag_value
 from .settings import Settings
 from .source import LiveSource
-from .wiring import make_client, make_policy
+from .wiring import make_client, make_geo, make_policy
 
 PROBE_IP = "192.0.2.1"  # TEST-NET-1: never a real client
 SAFE_UPDATE_FREQUENCY = 30.0  # seconds; LAPI moves the cursor on a GET at 60
@@ -63,7 +71,8 @@ def check(settings: Settings) -> int:
             print(f"active decisions: not read: {unsafe}")
         else:
             try:
-                print(f"active decisions: {count_decisions(client.active_decisions())}")
+                print(f"active decisions: "
+                      f"{count_decisions(client.active_decisions(), settings.selection, settings)}")
             except LapiError as exc:
                 print(f"active decisions: could not be counted ({exc.kind}): {exc}")
                 return 1
@@ -74,29 +83,64 @@ def check(settings: Settings) -> int:
         client.close()
 
 
-def count_decisions(items: Iterable[object]) -> str:
+def count_decisions(items: Iterable[object], selection: Selection | None = None,
+                    settings: Settings | None = None) -> str:
     """'N (ban Ip: a, ban Range: b, ...)' for the decisions the milter would hold; those it
-    would skip (other scopes, bad values) are counted apart."""
+    would skip (other scopes, bad values) are counted apart; with a selection, how many of
+    those held are enforced and how many each filter drops (the first that drops it)."""
     now = time.monotonic()
     counts: Counter[str] = Counter()
+    dropped: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()  # Country/AS decisions without their database
+    usable = {"Country": bool(settings and settings.geoip_country_db),
+              "AS": bool(settings and settings.geoip_asn_db)}
     other = bad = 0
     for item in items:
         try:
             parsed = parse_decision(item, now)
+            decision = parsed[0] if parsed else parse_scoped_decision(item, now)
         except DecisionError:
             bad += 1
             continue
-        if parsed is None:
+        if decision is None:
             other += 1
+        elif decision.scope in usable and not usable[decision.scope]:
+            skipped[decision.scope] += 1
         else:
-            counts[f"{parsed[0].type} {parsed[0].scope}"] += 1
+            counts[f"{decision.type} {decision.scope}"] += 1
+            why = selection.why_not(decision.origin, decision.scenario) if selection else None
+            if why:
+                dropped[why] += 1
     detail = ", ".join(f"{name}: {n}" for name, n in sorted(counts.items()))
-    text = f"{sum(counts.values())}" + (f" ({detail})" if detail else "")
+    held = sum(counts.values())
+    text = f"{held}" + (f" ({detail})" if detail else "")
+    if selection is not None and selection.active:
+        text += f"; selected: {held - sum(dropped.values())}"
+        for option in ("--origins", "--scenarios-containing", "--scenarios-not-containing"):
+            text += f", dropped by {option}: {dropped[option]}"
+    for scope, option in (("Country", "--geoip-country-db"), ("AS", "--geoip-asn-db")):
+        if skipped[scope]:
+            text += f"; {skipped[scope]} {scope} (not used: no {option})"
     if other:
         text += f"; {other} of other scopes (not used)"
     if bad:
         text += f"; {bad} unusable (skipped)"
     return text
+
+
+def geo_line(settings: Settings, country: str, asn: str) -> str:
+    """What lookup says of Country and AS decisions: the address's country and AS, or why
+    such decisions are not checked."""
+    parts = []
+    if settings.geoip_country_db:
+        parts.append(f"country {country or 'unknown'} (--geoip-country-db)")
+    else:
+        parts.append("Country decisions not checked: no --geoip-country-db")
+    if settings.geoip_asn_db:
+        parts.append(f"AS {asn or 'unknown'} (--geoip-asn-db)")
+    else:
+        parts.append("AS decisions not checked: no --geoip-asn-db")
+    return "; ".join(parts)
 
 
 def lookup(ip: str, settings: Settings) -> int:
@@ -112,23 +156,36 @@ def lookup(ip: str, settings: Settings) -> int:
         print(f"decisions on {ip}: not read: {unsafe}")
         return 1
     client = make_client(settings)
+    geo = make_geo(settings)
     try:
-        source = LiveSource(client, 1.0, timeout=settings.lapi_timeout)
+        source = LiveSource(client, 1.0, timeout=settings.lapi_timeout, geo=geo)
         policy = make_policy(settings, source)
         family, number, text = address
+        print(geo_line(settings, *(geo.locate(text) if geo else ("", ""))))
         decisions = source.lookup(family, number, text)
         if decisions is None:
             print(f"LAPI could not answer; clients get: {settings.on_lapi_error}")
             return 1
         now = time.monotonic()
+        wall = time.time()
         for d in decisions:
             print(f"decision id={d.id} type={d.type} scope={d.scope} value={d.value} "
-                  f"origin={d.origin} scenario={d.scenario} expires_in={d.expires - now:.0f}s")
+                  f"origin={d.origin} scenario={d.scenario} expires_in={d.expires - now:.0f}s "
+                  f"until={iso_expiry(d.expires, now, wall)}")
+            why = policy.selection.why_not(d.origin, d.scenario)
+            action, key = policy.action_for(d)
+            print(f"  not selected (dropped by {why})" if why else
+                  f"  selected; --action key {key}: {action}")
         if not decisions:
             print("no decision covers this address")
         verdict = policy.check(ip)
         if policy.is_trusted(family, number):
             print("trusted network: never blocked")
+        if verdict is not None and verdict.enforce and verdict.action is Action.TAG:
+            assert verdict.decision is not None
+            print(f"milter answer: tag: let through, each message gets the header "
+                  f"{settings.tag_header}: {tag_value(verdict.decision)}")
+            return 0
         if verdict is None or not verdict.enforce:
             print("milter answer: let through" + (" (dry run)" if verdict else ""))
             return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .events import EventWriter
+from .geo import Geo
 from .lapi import LapiClient
 from .metrics import MetricsServer, MilterCollector
 from .policy import DecisionSource, Policy
@@ -56,12 +57,20 @@ def make_client(settings: Settings) -> LapiClient:
                       verify=settings.lapi_ca or True, cert=cert)  # type: ignore[arg-type]
 
 
+def make_geo(settings: Settings) -> Geo | None:
+    """The MaxMind databases given, memory-mapped; None without any."""
+    if not (settings.geoip_country_db or settings.geoip_asn_db):
+        return None
+    return Geo(settings.geoip_country_db, settings.geoip_asn_db)
+
+
 def make_source(settings: Settings, client: LapiClient) -> Source:
+    geo = make_geo(settings)
     if settings.mode == "stream":
         return StreamSource(client, settings.update_frequency,
-                            resync_interval=settings.resync_interval)
+                            resync_interval=settings.resync_interval, geo=geo)
     return LiveSource(client, settings.cache_ttl, timeout=settings.lapi_timeout,
-                      maxsize=settings.cache_size)
+                      maxsize=settings.cache_size, geo=geo)
 
 
 def make_policy(settings: Settings, source: DecisionSource, tally: Tally | None = None) -> Policy:
@@ -75,6 +84,7 @@ def make_policy(settings: Settings, source: DecisionSource, tally: Tally | None 
         trusted=settings.trusted_networks,
         dry_run=settings.dry_run,
         tally=tally,
+        selection=settings.selection,
     )
 
 
@@ -85,7 +95,7 @@ def make_context(settings: Settings, source: DecisionSource, tally: Tally,
                           events=events, tally=tally,
                           always_allow_rcpt=settings.always_allow_rcpt,
                           exempt_authenticated=settings.exempt_authenticated,
-                          trap_rcpt=settings.trap_rcpt)
+                          trap_rcpt=settings.trap_rcpt, tag_header=settings.tag_header)
 
 
 def build(settings: Settings) -> Parts:

@@ -1,0 +1,31 @@
+"""Small MaxMind DB files made by the tests themselves (PyPI's mmdb-writer), in the layout
+of GeoLite2-Country and GeoLite2-ASN: no database is ever downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmdb_writer import MMDBWriter
+from netaddr import IPSet
+
+# network -> (ISO country code, AS number)
+NETWORKS = {
+    "198.51.100.0/24": ("FR", 64500),
+    "192.0.2.0/24": ("DE", 64501),
+    "2001:db8:f::/48": ("FR", 64500),
+}
+
+
+def write(folder: Path, networks: dict[str, tuple[str, int]] = NETWORKS) -> tuple[Path, Path]:
+    """(country database, ASN database) for `networks`, written into `folder`."""
+    country = MMDBWriter(ip_version=6, database_type="GeoLite2-Country", ipv4_compatible=True)
+    asn = MMDBWriter(ip_version=6, database_type="GeoLite2-ASN", ipv4_compatible=True)
+    for net, (code, number) in networks.items():
+        country.insert_network(IPSet([net]), {"country": {"iso_code": code,
+                                                          "names": {"en": code}}})
+        asn.insert_network(IPSet([net]), {"autonomous_system_number": number,
+                                          "autonomous_system_organization": f"AS{number}"})
+    paths = folder / "country.mmdb", folder / "asn.mmdb"
+    country.to_db_file(str(paths[0]))
+    asn.to_db_file(str(paths[1]))
+    return paths
