@@ -147,7 +147,8 @@ def test_actions(specs: list[str], expected: tuple[tuple[str, Action], ...]) -> 
 
 @pytest.mark.parametrize("spec", ["ban", "=drop", " =drop", "ban=explode", "x=y=drop"])
 def test_bad_action_is_refused(spec: str) -> None:
-    with pytest.raises(ConfigError, match=r"^--action '.*' is not TYPE=reject\|tempfail"):
+    with pytest.raises(ConfigError,
+                       match=r"^--action '.*' is not KEY=reject\|tempfail\|drop\|tag\|accept "):
         load(["--api-key", "k", "--action", spec])
 
 

@@ -8,21 +8,24 @@ from eventschema import sample, validate_line
 
 
 def test_an_event_line_exactly() -> None:
-    """Field order as given after time, event and v; booleans stay JSON booleans; a missing
-    value (None) is the empty string; time, event and v cannot be overridden by a field."""
+    """Field order as given after time, event and v; booleans and integers keep their JSON
+    type; a missing value (None) is the empty string; a field cannot override time, event
+    or v."""
     fields = sample("client_blocked", client_ip="192.0.2.1", helo="mx.\u00e9.example",
                     stage="rcpt", action="reject", enforced=True, decision_type="ban",
-                    decision_scope="Ip", decision_value="192.0.2.1", scenario=None)
+                    decision_scope="Ip", decision_value="192.0.2.1", scenario=None,
+                    decision_id=42)
     line = format_event("client_blocked", fields | {"time": "x", "event": "x", "v": 7},
                         1700000000.25)
     assert line == (
-        '{"time":"2023-11-14T22:13:20.250000Z","event":"client_blocked","v":1,'
+        '{"time":"2023-11-14T22:13:20.250000Z","event":"client_blocked","v":2,'
         '"client_ip":"192.0.2.1","client_name":"","helo":"mx.\u00e9.example","mail_from":"",'
         '"rcpt":"","stage":"rcpt","action":"reject","enforced":true,"reason":"decision",'
         '"decision_type":"ban","decision_scope":"Ip","decision_value":"192.0.2.1",'
-        '"scenario":"","origin":"","mta":""}\n')
+        '"scenario":"","origin":"","decision_id":42,"decision_until":"","mta":""}\n')
     doc = validate_line(line)
-    assert doc["enforced"] is True and doc["v"] == EVENT_VERSION == 1
+    assert doc["enforced"] is True and doc["decision_id"] == 42
+    assert doc["v"] == EVENT_VERSION == 2
 
 
 def test_false_is_json_false() -> None:
