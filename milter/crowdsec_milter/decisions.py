@@ -131,14 +131,12 @@ def parse_network(scope: str, value: str) -> Network:
                 return Network(4, 32, number & 0xFFFFFFFF)
             return Network(6, 128, number)
     try:
-        if scope == "ip":
-            net = ipaddress.ip_network(value, strict=True)
-            if net.prefixlen != net.max_prefixlen:
-                raise DecisionError(f"Ip decision with a prefix: {value!r:.60}")
-        else:
-            net = ipaddress.ip_network(value, strict=False)
+        net = ipaddress.ip_network(value, strict=False)
     except ValueError as exc:
         raise DecisionError(f"value is not an address or range: {value!r:.60}") from exc
+    # Outside the try: DecisionError is a ValueError, and this message must not be replaced.
+    if scope == "ip" and net.prefixlen != net.max_prefixlen:
+        raise DecisionError(f"Ip decision with a prefix: {value!r:.60}")
     if net.version == 6:
         mapped = net.network_address.ipv4_mapped
         if mapped is not None and net.prefixlen >= 96:
