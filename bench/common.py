@@ -86,3 +86,10 @@ def peak_mb() -> float:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def print_rows(rows: list) -> None:
+    """The bench's results as one Markdown table (figure, ours, the other, how)."""
+    print("\n| figure | crowdsec-milter | other | how |\n|---|---|---|---|")
+    for figure, ours, other, note in rows:
+        print(f"| {figure} | {ours} | {other} | {note} |")

@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "integration"))
 sys.path.insert(1, str(HERE.parent / "tests"))  # ports, shared with the tests
 
-from common import BenchLapi, decisions, stream_body  # noqa: E402
+from common import BenchLapi, decisions, print_rows, stream_body  # noqa: E402
 from ports import free_port, wait_port  # noqa: E402
 
 CONFIGS = ("none", "C accept", "C same protocol", "py same protocol", "crowdsec-milter",
@@ -344,9 +344,7 @@ def main() -> int:
         samples += [{**s, "run": i} for s in json.loads(Path(name).read_text())]
     rows: list = []
     summarize(samples, rows, runs=len(sys.argv) - 2)
-    print("\n| figure | crowdsec-milter | other | how |\n|---|---|---|---|")
-    for figure, ours, other, note in rows:
-        print(f"| {figure} | {ours} | {other} | {note} |")
+    print_rows(rows)
     return 0
 
 

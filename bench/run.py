@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent / "tests"))  # the wire client shared with the tests
 
-from common import BenchLapi, decisions, percentile, stream_body  # noqa: E402
+from common import BenchLapi, decisions, percentile, print_rows, stream_body  # noqa: E402
 from ports import free_port, wait_port  # noqa: E402
 
 ROWS: list[tuple[str, str, str, str]] = []
@@ -354,11 +354,7 @@ def main() -> int:
             print(f"  postfix throughput: not available ({exc})")
         else:
             bench_postfix(ROWS, smoke=not big)
-    print()
-    print("| figure | crowdsec-milter | other | how |")
-    print("|---|---|---|---|")
-    for figure, ours, other, note in ROWS:
-        print(f"| {figure} | {ours} | {other} | {note} |")
+    print_rows(ROWS)
     return 0
 
 

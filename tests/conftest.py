@@ -20,3 +20,13 @@ def fake_lapi() -> Iterator[tuple[FakeLapi, str]]:
     server, url = serve(lapi)
     yield lapi, url
     stop(lapi, server)
+
+
+@pytest.fixture
+def keyfile(tmp_path: Path) -> Path:
+    """A bouncer key file as an operator writes it (owner-only, stray blanks and newline
+    around the key, which the CLI strips)."""
+    path = tmp_path / "key"
+    path.write_text("  s3cret-key-value \n")
+    path.chmod(0o600)
+    return path

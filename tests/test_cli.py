@@ -15,14 +15,6 @@ from crowdsec_milter.policy import Action, Stage
 EXE = str(Path(sys.executable).parent / "crowdsec-milter")
 
 
-@pytest.fixture
-def keyfile(tmp_path: Path) -> Path:
-    path = tmp_path / "key"
-    path.write_text("s3cret-key-value\n")
-    path.chmod(0o600)
-    return path
-
-
 def test_defaults_and_key_file(keyfile: Path) -> None:
     s = parse(["--api-key-file", str(keyfile)])
     assert s.api_key == "s3cret-key-value"

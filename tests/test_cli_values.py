@@ -23,14 +23,6 @@ def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-@pytest.fixture
-def keyfile(tmp_path: Path) -> Path:
-    path = tmp_path / "key"
-    path.write_text("  s3cret-key-value \n")
-    path.chmod(0o600)
-    return path
-
-
 def test_every_option_reaches_the_settings(tmp_path: Path) -> None:
     for name in ("ca.pem", "cert.pem", "key.pem"):
         (tmp_path / name).write_text("x")
