@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from crowdsec_milter.decisions import Decision, parse_address, parse_decision
+from crowdsec_milter.decisions import Decision, Network, parse_address, parse_decision
 from crowdsec_milter.index import DecisionIndex
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -194,3 +194,68 @@ def test_the_callers_canonical_text_is_the_value_of_an_address_hit() -> None:
     with_text = index.lookup(family, number, NOW, False, text)
     assert with_text == index.lookup(family, number, NOW, False)
     assert with_text[0].value == "192.0.2.77"
+
+
+def _net(value: str) -> Network:
+    parsed = ipaddress.ip_network(value)
+    return Network(parsed.version, parsed.prefixlen, int(parsed.network_address))
+
+
+def test_removal_by_id_at_the_edges_of_the_id_range() -> None:
+    # id 0 and the first id past 64 bits sit in different structures; both go by their id
+    index = DecisionIndex()
+    add(index, 0, "192.0.2.1")
+    add(index, 2**64, "192.0.2.2")
+    add(index, 2**64 - 1, "192.0.2.3")
+    for ident, value in ((0, "192.0.2.1"), (2**64, "192.0.2.2"), (2**64 - 1, "192.0.2.3")):
+        assert [d.id for d in look(index, value)] == [ident]
+        assert index.remove(ident, _net(value)), ident
+        assert look(index, value) == [], value
+    assert len(index) == 0 and index.counts() == {}
+
+
+def test_removing_one_range_keeps_the_others_of_its_16_matching() -> None:
+    index = DecisionIndex()
+    add(index, 1, "10.0.0.0/24", scope="Range")
+    add(index, 2, "10.0.1.0/24", scope="Range")
+    add(index, 3, "10.0.0.0/20", scope="Range")
+    assert index.remove(1, _net("10.0.0.0/24"))
+    assert [d.id for d in look(index, "10.0.1.5")] == [2, 3]
+    assert index.remove(2, _net("10.0.1.0/24"))
+    assert [d.id for d in look(index, "10.0.1.5")] == [3]
+
+
+def test_removing_an_ipv6_range_leaves_ipv4_ranges_with_the_same_top_bits() -> None:
+    # 2001::/20 and 32.1.0.0/20 share their top 16 bits (0x2001) and prefix length
+    index = DecisionIndex()
+    add(index, 1, "32.1.0.0/20", scope="Range")
+    add(index, 2, "2001::/20", scope="Range")
+    assert index.remove(2, _net("2001::/20"))
+    assert [d.id for d in look(index, "32.1.0.5")] == [1]
+    assert look(index, "2001::5") == []
+
+
+def test_a_sweep_finds_a_short_ban_behind_a_long_one_with_a_large_id() -> None:
+    # the same bucket (10.0.0.x): a long ban first, then a short one with a 40-bit id
+    for private in (False, True):
+        index = DecisionIndex(private=private)
+        add(index, 1, "10.0.0.1", duration="1h")
+        add(index, 10**12, "10.0.0.2", duration="10s")
+        assert index.expire(NOW + 50) == 1, private
+        assert len(index) == 1 and [d.id for d in index.decisions()] == [1]
+
+
+def test_listing_decisions_while_the_index_changes_pairs_each_with_its_address() -> None:
+    # readers take no lock: a listing under way keeps the bucket it was reading, also in an
+    # index built privately and then published
+    index = DecisionIndex(private=True)
+    for i in range(1, 5):
+        add(index, i, f"10.0.0.{i}")
+    index.publish()
+    assert index.remove(4, _net("10.0.0.4"))
+    listing = index.decisions()
+    first = next(listing)
+    assert index.remove(first.id, _net(first.value))
+    rest = list(listing)
+    assert sorted((d.id, d.value) for d in [first, *rest]) == \
+        [(1, "10.0.0.1"), (2, "10.0.0.2"), (3, "10.0.0.3")]
