@@ -241,8 +241,13 @@ def test_a_sweep_finds_a_short_ban_behind_a_long_one_with_a_large_id() -> None:
         index = DecisionIndex(private=private)
         add(index, 1, "10.0.0.1", duration="1h")
         add(index, 10**12, "10.0.0.2", duration="10s")
-        assert index.expire(NOW + 50) == 1, private
-        assert len(index) == 1 and [d.id for d in index.decisions()] == [1]
+        add(index, 2**64 - 1, "10.0.0.3", duration="1h")  # the largest id a bucket holds
+        add(index, 5, "10.1.0.1", duration="10s")  # another bucket
+        assert index.expire(NOW + 50) == 2, private
+        assert len(index) == 2
+        assert sorted((d.id, d.value) for d in index.decisions()) == \
+            [(1, "10.0.0.1"), (2**64 - 1, "10.0.0.3")]
+        assert look(index, "10.0.0.2", NOW) == [] and look(index, "10.1.0.1", NOW) == []
 
 
 def test_listing_decisions_while_the_index_changes_pairs_each_with_its_address() -> None:
