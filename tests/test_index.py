@@ -264,3 +264,22 @@ def test_listing_decisions_while_the_index_changes_pairs_each_with_its_address()
     rest = list(listing)
     assert sorted((d.id, d.value) for d in [first, *rest]) == \
         [(1, "10.0.0.1"), (2, "10.0.0.2"), (3, "10.0.0.3")]
+
+
+def test_a_sweep_keeps_every_live_decision_on_a_range() -> None:
+    for keep in (2, 3):
+        index = DecisionIndex()
+        for i in range(1, keep + 1):
+            add(index, i, "10.0.0.0/24", scope="Range", duration=f"{i}h")
+        add(index, 9, "10.0.0.0/24", scope="Range", duration="10s")
+        assert index.expire(NOW + 50) == 1
+        assert [d.id for d in look(index, "10.0.0.7", NOW + 50)] == list(range(keep, 0, -1))
+        assert len(index) == keep
+
+
+def test_an_ipv6_range_expiring_leaves_ipv4_ranges_with_the_same_top_bits() -> None:
+    index = DecisionIndex()
+    add(index, 1, "32.1.0.0/20", scope="Range")
+    add(index, 2, "2001::/20", scope="Range", duration="10s")
+    assert index.expire(NOW + 50) == 1
+    assert [d.id for d in look(index, "32.1.0.5", NOW + 50)] == [1]
