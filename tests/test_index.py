@@ -283,3 +283,11 @@ def test_an_ipv6_range_expiring_leaves_ipv4_ranges_with_the_same_top_bits() -> N
     add(index, 2, "2001::/20", scope="Range", duration="10s")
     assert index.expire(NOW + 50) == 1
     assert [d.id for d in look(index, "32.1.0.5", NOW + 50)] == [1]
+
+
+def test_a_sweep_emptying_one_range_of_a_16_keeps_the_others_matching() -> None:
+    index = DecisionIndex()
+    add(index, 1, "10.0.0.0/24", scope="Range", duration="10s")
+    add(index, 2, "10.0.1.0/24", scope="Range")
+    assert index.expire(NOW + 50) == 1
+    assert [d.id for d in look(index, "10.0.1.5", NOW + 50)] == [2]
