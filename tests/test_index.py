@@ -291,3 +291,13 @@ def test_a_sweep_emptying_one_range_of_a_16_keeps_the_others_matching() -> None:
     add(index, 2, "10.0.1.0/24", scope="Range")
     assert index.expire(NOW + 50) == 1
     assert [d.id for d in look(index, "10.0.1.5", NOW + 50)] == [2]
+
+
+def test_a_verdict_lookup_reports_the_most_specific_ban() -> None:
+    # the decision named in the log and the event is the narrowest range that bans
+    index = DecisionIndex()
+    add(index, 1, "10.0.0.0/17", scope="Range")
+    add(index, 2, "10.0.0.0/24", scope="Range")
+    add(index, 3, "10.0.0.0/20", scope="Range")
+    key = parse_address("10.0.0.9")
+    assert [d.id for d in index.lookup(key[0], key[1], NOW, complete=False)] == [2]  # type: ignore[index]
