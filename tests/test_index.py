@@ -301,3 +301,22 @@ def test_a_verdict_lookup_reports_the_most_specific_ban() -> None:
     add(index, 3, "10.0.0.0/20", scope="Range")
     key = parse_address("10.0.0.9")
     assert [d.id for d in index.lookup(key[0], key[1], NOW, complete=False)] == [2]  # type: ignore[index]
+
+
+def test_every_decision_on_an_address_is_found_among_its_bucket() -> None:
+    index = DecisionIndex()
+    add(index, 1, "192.0.2.1", type_="captcha", duration="3h")
+    add(index, 9, "192.0.2.2")
+    add(index, 2, "192.0.2.1", type_="captcha", duration="2h")
+    add(index, 3, "192.0.2.1", type_="captcha", duration="1h")
+    assert [d.id for d in look(index, "192.0.2.1")] == [1, 2, 3]
+
+
+def test_a_straddling_match_does_not_hide_the_entry_right_after_it() -> None:
+    # low halves 0xa105 and 0x05a1 then 0x0505: one of the first two ends in 0x05 whatever
+    # the byte order, so 0x0505's bytes also appear at an odd offset before its own entry
+    index = DecisionIndex()
+    add(index, 1, "10.0.161.5")
+    add(index, 2, "10.0.5.161")
+    add(index, 3, "10.0.5.5")
+    assert [d.id for d in look(index, "10.0.5.5")] == [3]
