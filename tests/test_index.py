@@ -320,3 +320,22 @@ def test_a_straddling_match_does_not_hide_the_entry_right_after_it() -> None:
     add(index, 2, "10.0.5.161")
     add(index, 3, "10.0.5.5")
     assert [d.id for d in look(index, "10.0.5.5")] == [3]
+
+
+def test_an_index_filled_privately_counts_and_finds_what_it_was_given() -> None:
+    # the startup path: decisions appended in place to buckets nobody reads yet
+    index = DecisionIndex(private=True)
+    add(index, 1, "5.0.0.1")  # bucket 5.0/16: the top 17 bits of 10.0.x.x name it
+    add(index, 2, "10.0.0.2")
+    add(index, 3, "10.0.0.3", type_="captcha")
+    add(index, 4, "10.0.0.4")
+    add(index, 5, "10.0.0.2", type_="captcha")
+    for when in ("private", "published"):
+        assert len(index) == 5, when
+        assert index.counts() == {("Ip", 4): 5}, when
+        assert sorted((kind[0], n) for kind, _, n in index.held()) == \
+            [("ban", 3), ("captcha", 2)], when
+        assert [d.id for d in look(index, "10.0.0.2")] == [2, 5], when
+        assert [d.id for d in look(index, "10.0.0.4")] == [4], when
+        assert look(index, "5.0.0.2") == [], when
+        index.publish()
