@@ -253,17 +253,19 @@ def test_a_sweep_finds_a_short_ban_behind_a_long_one_with_a_large_id() -> None:
 def test_listing_decisions_while_the_index_changes_pairs_each_with_its_address() -> None:
     # readers take no lock: a listing under way keeps the bucket it was reading, also in an
     # index built privately and then published
-    index = DecisionIndex(private=True)
-    for i in range(1, 5):
-        add(index, i, f"10.0.0.{i}")
-    index.publish()
-    assert index.remove(4, _net("10.0.0.4"))
-    listing = index.decisions()
-    first = next(listing)
-    assert index.remove(first.id, _net(first.value))
-    rest = list(listing)
-    assert sorted((d.id, d.value) for d in [first, *rest]) == \
-        [(1, "10.0.0.1"), (2, "10.0.0.2"), (3, "10.0.0.3")]
+    for private in (False, True):
+        index = DecisionIndex(private=True) if private else DecisionIndex()
+        for i in range(1, 5):
+            add(index, i, f"10.0.0.{i}")
+        if private:
+            index.publish()
+        assert index.remove(4, _net("10.0.0.4"))
+        listing = index.decisions()
+        first = next(listing)
+        assert index.remove(first.id, _net(first.value))
+        rest = list(listing)
+        assert sorted((d.id, d.value) for d in [first, *rest]) == \
+            [(1, "10.0.0.1"), (2, "10.0.0.2"), (3, "10.0.0.3")], private
 
 
 def test_a_sweep_keeps_every_live_decision_on_a_range() -> None:
@@ -339,3 +341,13 @@ def test_an_index_filled_privately_counts_and_finds_what_it_was_given() -> None:
         assert [d.id for d in look(index, "10.0.0.4")] == [4], when
         assert look(index, "5.0.0.2") == [], when
         index.publish()
+
+
+def test_replacing_a_range_decision_by_id_keeps_the_counts_of_its_kind() -> None:
+    index = DecisionIndex()
+    add(index, 1, "10.0.0.0/24", scope="Range")
+    add(index, 2, "10.1.0.0/24", scope="Range")
+    add(index, 1, "10.0.0.0/24", scope="Range", duration="2h")
+    assert len(index) == 2
+    assert index.counts() == {("Range", 4): 2}
+    assert [n for _, _, n in index.held()] == [2]
