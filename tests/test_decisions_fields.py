@@ -163,7 +163,8 @@ def test_a_country_or_as_decision_is_read_with_its_fields() -> None:
     (item(scope="AS", value=64500), "AS decision value is not usable: 64500"),
     (item(scope="Country", value="FR", id="7"), "id is not an integer"),
     (item(scope="Country", value="FR", type=""), "type is missing"),
-    (item(scope="Country", value="FR", duration="-1s"), "duration is negative"),
+    (item(scope="Country", value="FR", duration="-1s"),
+     r"^duration is negative \(already expired\): '-1s'$"),
 ])
 def test_an_unusable_country_or_as_decision_says_what_is_wrong(bad: object,
                                                                 message: str) -> None:
