@@ -8,6 +8,7 @@ from crowdsec_milter.decisions import (
     MAX_DURATION,
     DecisionError,
     iso_expiry,
+    network_text,
     normalize_scoped,
     parse_decision,
     parse_duration,
@@ -177,3 +178,14 @@ def test_expiry_is_told_as_wall_clock_utc_to_the_second() -> None:
     assert iso_expiry(1100.9, 1000.0, 1_700_000_000.0) == "2023-11-14T22:15:00Z"
     assert iso_expiry(900.0, 1000.0, 1_700_000_000.0) == "2023-11-14T22:11:40Z"
     assert iso_expiry(0.0, 1000.0, 50.0) == "1970-01-01T00:00:00Z"  # never before the epoch
+
+
+@pytest.mark.parametrize(("args", "text"), [
+    ((4, 32, 0xC0000201, "Ip"), "192.0.2.1"), ((4, 32, 0xC0000201, "Range"), "192.0.2.1/32"),
+    ((4, 24, 0xC0000200, "Range"), "192.0.2.0/24"),
+    ((6, 128, 1, "Ip"), "::1"), ((6, 128, 1, "Range"), "::1/128"),
+    ((6, 64, 0x20010DB8 << 96, "Range"), "2001:db8::/64"),
+])
+def test_a_value_is_shown_with_its_prefix_unless_an_ip_decision_on_one_address(
+        args: tuple[int, int, int, str], text: str) -> None:
+    assert network_text(*args) == text
