@@ -5,7 +5,8 @@
 #   bash integration/mutation.sh decisions cli   # only these modules
 #
 # Needs mutmut in the worktree's venv:  .venv/bin/pip install mutmut==3.8.1
-# Env: JOBS (default 2) parallel mutants; MUTATION_DIR (default .mutation) the scratch copy.
+# Env: JOBS (default 2) parallel mutants; MUTATION_DIR (default .mutation) the scratch copy;
+# ALIVE=1 reruns only the mutants the last run of these modules left alive.
 #
 # Why a scratch copy: setup.cfg makes milter/ the source root of the package
 # (milter/crowdsec_milter/), but mutmut names each mutant after the file's path
@@ -118,6 +119,29 @@ patterns=()
 for m in "${MODULES[@]}"; do
     while read -r p; do patterns+=("$p"); done < <(patterns_for "$m")
 done
+# ALIVE=1: rerun only the mutants the last run left alive (after adding tests for them);
+# mutmut reruns every mutant a pattern names, so the full patterns above redo them all.
+alive_of() {
+    "$VENV/bin/python" - "$@" <<'PY'
+import fnmatch, json, sys
+from mutmut.stats import status_by_exit_code
+codes = json.loads(open(sys.argv[1]).read())["exit_code_by_key"]
+for name, code in sorted(codes.items()):
+    if any(fnmatch.fnmatch(name, p) for p in sys.argv[2:]) and \
+            status_by_exit_code[code] not in ("killed", "timeout", "segfault"):
+        print(name)
+PY
+}
+if [[ ${ALIVE:-0} == 1 ]]; then
+    alive=()
+    for m in "${MODULES[@]}"; do
+        meta="$WORK/mutants/src/crowdsec_milter/$m.py.meta"
+        [[ -f $meta ]] || { echo "mutation.sh: ALIVE=1 needs an earlier run of $m" >&2; exit 2; }
+        while read -r p; do alive+=("$p"); done < <(alive_of "$meta" "${patterns[@]}")
+    done
+    [[ ${#alive[@]} -gt 0 ]] || { echo "mutation.sh: no mutant left alive" >&2; exit 0; }
+    patterns=("${alive[@]}")
+fi
 
 cd "$WORK"
 # mutmut 3 writes its progress with carriage returns; keep only the last state per line.

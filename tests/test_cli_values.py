@@ -140,7 +140,8 @@ def test_actions(specs: list[str], expected: tuple[tuple[str, Action], ...]) -> 
 @pytest.mark.parametrize("spec", ["ban", "=drop", " =drop", "ban=explode", "x=y=drop"])
 def test_bad_action_is_refused(spec: str) -> None:
     with pytest.raises(ConfigError,
-                       match=r"^--action '.*' is not KEY=reject\|tempfail\|drop\|tag\|accept "):
+                       match=r"^--action '.*' is not KEY=reject\|tempfail\|drop\|tag\|accept "
+                             r"with KEY a decision type, origin:NAME or scenario:GLOB$"):
         load(["--api-key", "k", "--action", spec])
 
 
@@ -182,6 +183,10 @@ def test_key_problems_are_named(tmp_path: Path, keyfile: Path) -> None:
         (["--api-key-file", str(tmp_path / "nope")],
          f"--api-key-file {tmp_path / 'nope'}: No such file or directory"),
         (["--api-key-file", str(binary)], f"--api-key-file {binary}: not text"),
+        (["--api-key", " \n"], "--api-key is empty"),
+        (["--api-key", ""], "--api-key is empty"),
+        (["--api-key", "k\x01ey"], "--api-key: the key holds a line break, control or "
+                                    "non-ASCII character; it must be one line of printable ASCII"),
         ([], "an API key is required: --api-key-file or --api-key "
              "(or CROWDSEC_MILTER_API_KEY_FILE), or a client certificate (--lapi-cert)"),
     ]
@@ -241,3 +246,35 @@ def test_reply_and_network_problems_are_named() -> None:
         with pytest.raises(ConfigError) as info:
             load(["--api-key", "k", *argv])
         assert str(info.value).startswith(message), str(info.value)
+
+
+def test_exempt_authenticated_needs_a_stage_that_knows_it() -> None:
+    for stage in ("connect", "helo"):
+        with pytest.raises(ConfigError) as info:
+            load(["--api-key", "k", "--exempt-authenticated", "--stage", stage])
+        assert str(info.value) == (
+            f"--exempt-authenticated needs --stage mail or rcpt, not {stage}: whether a client "
+            "authenticated is known only from MAIL FROM on ({auth_authen})")
+
+
+@pytest.mark.parametrize("option", ["origins", "scenarios-containing",
+                                    "scenarios-not-containing"])
+def test_an_empty_name_in_a_selection_list_is_refused(option: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(["--api-key", "k", f"--{option}", "a,,b"])
+    assert str(info.value) == f"--{option}: empty name in 'a,,b'"
+
+
+def test_geoip_databases_reach_the_settings_or_are_refused_by_name(tmp_path: Path) -> None:
+    from mmdb import write
+
+    country, asn = write(tmp_path)
+    got = load(["--api-key", "k", "--geoip-country-db", str(country),
+                "--geoip-asn-db", str(asn)])
+    assert (got.geoip_country_db, got.geoip_asn_db) == (str(country), str(asn))
+    junk = tmp_path / "junk.mmdb"
+    junk.write_text("not a database")
+    for option in ("--geoip-country-db", "--geoip-asn-db"):
+        with pytest.raises(ConfigError) as info:
+            load(["--api-key", "k", option, str(junk)])
+        assert str(info.value).startswith(f"{option} {junk}: not a readable MaxMind DB file")

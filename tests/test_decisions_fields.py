@@ -7,10 +7,14 @@ import pytest
 from crowdsec_milter.decisions import (
     MAX_DURATION,
     DecisionError,
+    iso_expiry,
+    network_text,
+    normalize_scoped,
     parse_decision,
     parse_duration,
     parse_ipv4_fast,
     parse_network,
+    parse_scoped_decision,
 )
 
 
@@ -124,3 +128,64 @@ def test_a_network_value_must_be_a_string() -> None:
     with pytest.raises(DecisionError) as info:
         parse_network("ip", 5)  # type: ignore[arg-type]
     assert str(info.value) == "value is not a string: 5"
+
+
+@pytest.mark.parametrize(("scope", "value", "normal"), [
+    ("Country", "fr", "FR"), ("Country", " De ", "DE"), ("Country", "FRA", None),
+    ("Country", "F", None), ("Country", "f1", None), ("Country", "\u00e9\u00e9", None),
+    ("Country", "", None),
+    ("AS", "AS64500", "64500"), ("AS", "as64500", "64500"), ("AS", "As64500", "64500"),
+    ("AS", "64500", "64500"), ("AS", " AS64500 ", "64500"), ("AS", "AS0064500", "64500"),
+    ("AS", "4294967295", "4294967295"), ("AS", "12345678901", None), ("AS", "AS", None),
+    ("AS", "x1", None), ("AS", "AS 1", None), ("AS", "\u0661\u0662", None), ("AS", "-1", None),
+])
+def test_country_and_as_values_are_compared_normalized(scope: str, value: str,
+                                                       normal: str | None) -> None:
+    assert normalize_scoped(scope, value) == normal
+
+
+def test_a_country_or_as_decision_is_read_with_its_fields() -> None:
+    got = parse_scoped_decision(item(id=3, type="Captcha", scope="country", value="fr",
+                                     origin="o" * 70, scenario="s" * 300), 10.0)
+    assert got is not None
+    assert got == (3, "captcha", "Country", "FR", "o" * 64, "s" * 256, 3610.0)
+    for scope in ("as", "AS", "As"):
+        d = parse_scoped_decision(item(scope=scope, value="AS64500", origin=None,
+                                       scenario=None), 0.0)
+        assert d is not None and (d.scope, d.value, d.origin, d.scenario) == \
+            ("AS", "64500", "", ""), scope
+    for scope in ("Ip", "Range", "username", None, 7):
+        assert parse_scoped_decision(item(scope=scope), 0.0) is None, scope
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ("not a dict", "decision is not an object"),
+    (item(scope="Country", value="France"), "Country decision value is not usable: 'France'"),
+    (item(scope="AS", value=64500), "AS decision value is not usable: 64500"),
+    (item(scope="Country", value="FR", id="7"), "id is not an integer"),
+    (item(scope="Country", value="FR", type=""), "type is missing"),
+    (item(scope="Country", value="FR", duration="-1s"),
+     r"^duration is negative \(already expired\): '-1s'$"),
+])
+def test_an_unusable_country_or_as_decision_says_what_is_wrong(bad: object,
+                                                                message: str) -> None:
+    with pytest.raises(DecisionError, match=message):
+        parse_scoped_decision(bad, 0.0)
+
+
+def test_expiry_is_told_as_wall_clock_utc_to_the_second() -> None:
+    # 100.9 s from a monotonic 1000 is 100.9 s after the wall clock's now
+    assert iso_expiry(1100.9, 1000.0, 1_700_000_000.0) == "2023-11-14T22:15:00Z"
+    assert iso_expiry(900.0, 1000.0, 1_700_000_000.0) == "2023-11-14T22:11:40Z"
+    assert iso_expiry(0.0, 1000.0, 50.0) == "1970-01-01T00:00:00Z"  # never before the epoch
+
+
+@pytest.mark.parametrize(("args", "text"), [
+    ((4, 32, 0xC0000201, "Ip"), "192.0.2.1"), ((4, 32, 0xC0000201, "Range"), "192.0.2.1/32"),
+    ((4, 24, 0xC0000200, "Range"), "192.0.2.0/24"),
+    ((6, 128, 1, "Ip"), "::1"), ((6, 128, 1, "Range"), "::1/128"),
+    ((6, 64, 0x20010DB8 << 96, "Range"), "2001:db8::/64"),
+])
+def test_a_value_is_shown_with_its_prefix_unless_an_ip_decision_on_one_address(
+        args: tuple[int, int, int, str], text: str) -> None:
+    assert network_text(*args) == text

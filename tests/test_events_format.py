@@ -74,3 +74,10 @@ def test_lone_surrogates_and_bad_bytes_are_escaped_not_fatal() -> None:
     assert clean_text("\ud800" + "a" * 600) == "\\ud800" + "a" * 506 + "...[cut 94 bytes]"
     assert clean_text(b"ok\xff\xc3") == "ok\\xff\\xc3"
     assert clean_text(None) == ""
+
+
+def test_a_field_named_like_a_header_field_leaves_it_and_the_rest_alone() -> None:
+    line = format_event("verdict", {"ip": "192.0.2.1", "time": "x", "v": 99, "event": "y",
+                                    "action": "reject"}, 0.0)
+    assert line == ('{"time":"1970-01-01T00:00:00.000000Z","event":"verdict",'
+                    f'"v":{EVENT_VERSION},"ip":"192.0.2.1","action":"reject"}}\n')

@@ -7,12 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from crowdsec_milter.decisions import (
-    DecisionError,
-    normalize_scoped,
-    parse_address,
-    parse_scoped_decision,
-)
+from crowdsec_milter.decisions import parse_address
 from crowdsec_milter.geo import Geo, GeoError
 from crowdsec_milter.lapi import LapiClient
 from crowdsec_milter.policy import Action
@@ -43,19 +38,6 @@ def test_databases_give_country_and_as(dbs: tuple[Path, Path]) -> None:
     assert Geo(None, str(dbs[1])).locate("192.0.2.1") == ("", "64501")
     with pytest.raises(GeoError, match="--geoip-country-db"):
         Geo(str(dbs[0].parent / "missing.mmdb"), None)
-
-
-def test_scoped_values_are_normalized() -> None:
-    assert normalize_scoped("Country", "fr") == "FR"
-    assert normalize_scoped("AS", "AS64500") == normalize_scoped("AS", "64500") == "64500"
-    assert normalize_scoped("Country", "FRA") is None and normalize_scoped("AS", "x1") is None
-    item = {"id": 1, "type": "ban", "scope": "country", "value": "fr", "duration": "1h",
-            "origin": "cscli", "scenario": "geo"}
-    d = parse_scoped_decision(item, 0.0)
-    assert d is not None and (d.scope, d.value, d.expires) == ("Country", "FR", 3600.0)
-    assert parse_scoped_decision({**item, "scope": "Ip"}, 0.0) is None
-    with pytest.raises(DecisionError):
-        parse_scoped_decision({**item, "value": "France"}, 0.0)
 
 
 def test_stream_asks_for_the_scopes_it_can_match(fake_lapi: tuple[FakeLapi, str],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from crowdsec_milter.decisions import Decision, parse_address, parse_decision
+from crowdsec_milter.decisions import Decision, Network, parse_address, parse_decision
 from crowdsec_milter.index import DecisionIndex
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -194,3 +194,160 @@ def test_the_callers_canonical_text_is_the_value_of_an_address_hit() -> None:
     with_text = index.lookup(family, number, NOW, False, text)
     assert with_text == index.lookup(family, number, NOW, False)
     assert with_text[0].value == "192.0.2.77"
+
+
+def _net(value: str) -> Network:
+    parsed = ipaddress.ip_network(value)
+    return Network(parsed.version, parsed.prefixlen, int(parsed.network_address))
+
+
+def test_removal_by_id_at_the_edges_of_the_id_range() -> None:
+    # id 0 and the first id past 64 bits sit in different structures; both go by their id
+    index = DecisionIndex()
+    add(index, 0, "192.0.2.1")
+    add(index, 2**64, "192.0.2.2")
+    add(index, 2**64 - 1, "192.0.2.3")
+    for ident, value in ((0, "192.0.2.1"), (2**64, "192.0.2.2"), (2**64 - 1, "192.0.2.3")):
+        assert [d.id for d in look(index, value)] == [ident]
+        assert index.remove(ident, _net(value)), ident
+        assert look(index, value) == [], value
+    assert len(index) == 0 and index.counts() == {}
+
+
+def test_removing_one_range_keeps_the_others_of_its_16_matching() -> None:
+    index = DecisionIndex()
+    add(index, 1, "10.0.0.0/24", scope="Range")
+    add(index, 2, "10.0.1.0/24", scope="Range")
+    add(index, 3, "10.0.0.0/20", scope="Range")
+    assert index.remove(1, _net("10.0.0.0/24"))
+    assert [d.id for d in look(index, "10.0.1.5")] == [2, 3]
+    assert index.remove(2, _net("10.0.1.0/24"))
+    assert [d.id for d in look(index, "10.0.1.5")] == [3]
+
+
+def test_removing_an_ipv6_range_leaves_ipv4_ranges_with_the_same_top_bits() -> None:
+    # 2001::/20 and 32.1.0.0/20 share their top 16 bits (0x2001) and prefix length
+    index = DecisionIndex()
+    add(index, 1, "32.1.0.0/20", scope="Range")
+    add(index, 2, "2001::/20", scope="Range")
+    assert index.remove(2, _net("2001::/20"))
+    assert [d.id for d in look(index, "32.1.0.5")] == [1]
+    assert look(index, "2001::5") == []
+
+
+def test_a_sweep_finds_a_short_ban_behind_a_long_one_with_a_large_id() -> None:
+    # the same bucket (10.0.0.x): a long ban first, then a short one with a 40-bit id
+    for private in (False, True):
+        index = DecisionIndex(private=private)
+        add(index, 1, "10.0.0.1", duration="1h")
+        add(index, 10**12, "10.0.0.2", duration="10s")
+        add(index, 2**64 - 1, "10.0.0.3", duration="1h")  # the largest id a bucket holds
+        add(index, 5, "10.1.0.1", duration="10s")  # another bucket
+        assert index.expire(NOW + 50) == 2, private
+        assert len(index) == 2
+        assert sorted((d.id, d.value) for d in index.decisions()) == \
+            [(1, "10.0.0.1"), (2**64 - 1, "10.0.0.3")]
+        assert look(index, "10.0.0.2", NOW) == [] and look(index, "10.1.0.1", NOW) == []
+
+
+def test_listing_decisions_while_the_index_changes_pairs_each_with_its_address() -> None:
+    # readers take no lock: a listing under way keeps the bucket it was reading, also in an
+    # index built privately and then published
+    for private in (False, True):
+        index = DecisionIndex(private=True) if private else DecisionIndex()
+        for i in range(1, 5):
+            add(index, i, f"10.0.0.{i}")
+        if private:
+            index.publish()
+        assert index.remove(4, _net("10.0.0.4"))
+        listing = index.decisions()
+        first = next(listing)
+        assert index.remove(first.id, _net(first.value))
+        rest = list(listing)
+        assert sorted((d.id, d.value) for d in [first, *rest]) == \
+            [(1, "10.0.0.1"), (2, "10.0.0.2"), (3, "10.0.0.3")], private
+
+
+def test_a_sweep_keeps_every_live_decision_on_a_range() -> None:
+    for keep in (2, 3):
+        index = DecisionIndex()
+        for i in range(1, keep + 1):
+            add(index, i, "10.0.0.0/24", scope="Range", duration=f"{i}h")
+        add(index, 9, "10.0.0.0/24", scope="Range", duration="10s")
+        assert index.expire(NOW + 50) == 1
+        assert [d.id for d in look(index, "10.0.0.7", NOW + 50)] == list(range(keep, 0, -1))
+        assert len(index) == keep
+
+
+def test_an_ipv6_range_expiring_leaves_ipv4_ranges_with_the_same_top_bits() -> None:
+    index = DecisionIndex()
+    add(index, 1, "32.1.0.0/20", scope="Range")
+    add(index, 2, "2001::/20", scope="Range", duration="10s")
+    assert index.expire(NOW + 50) == 1
+    assert [d.id for d in look(index, "32.1.0.5", NOW + 50)] == [1]
+
+
+def test_a_sweep_emptying_one_range_of_a_16_keeps_the_others_matching() -> None:
+    index = DecisionIndex()
+    add(index, 1, "10.0.0.0/24", scope="Range", duration="10s")
+    add(index, 2, "10.0.1.0/24", scope="Range")
+    assert index.expire(NOW + 50) == 1
+    assert [d.id for d in look(index, "10.0.1.5", NOW + 50)] == [2]
+
+
+def test_a_verdict_lookup_reports_the_most_specific_ban() -> None:
+    # the decision named in the log and the event is the narrowest range that bans
+    index = DecisionIndex()
+    add(index, 1, "10.0.0.0/17", scope="Range")
+    add(index, 2, "10.0.0.0/24", scope="Range")
+    add(index, 3, "10.0.0.0/20", scope="Range")
+    key = parse_address("10.0.0.9")
+    assert [d.id for d in index.lookup(key[0], key[1], NOW, complete=False)] == [2]  # type: ignore[index]
+
+
+def test_every_decision_on_an_address_is_found_among_its_bucket() -> None:
+    index = DecisionIndex()
+    add(index, 1, "192.0.2.1", type_="captcha", duration="3h")
+    add(index, 9, "192.0.2.2")
+    add(index, 2, "192.0.2.1", type_="captcha", duration="2h")
+    add(index, 3, "192.0.2.1", type_="captcha", duration="1h")
+    assert [d.id for d in look(index, "192.0.2.1")] == [1, 2, 3]
+
+
+def test_a_straddling_match_does_not_hide_the_entry_right_after_it() -> None:
+    # low halves 0xa105 and 0x05a1 then 0x0505: one of the first two ends in 0x05 whatever
+    # the byte order, so 0x0505's bytes also appear at an odd offset before its own entry
+    index = DecisionIndex()
+    add(index, 1, "10.0.161.5")
+    add(index, 2, "10.0.5.161")
+    add(index, 3, "10.0.5.5")
+    assert [d.id for d in look(index, "10.0.5.5")] == [3]
+
+
+def test_an_index_filled_privately_counts_and_finds_what_it_was_given() -> None:
+    # the startup path: decisions appended in place to buckets nobody reads yet
+    index = DecisionIndex(private=True)
+    add(index, 1, "5.0.0.1")  # bucket 5.0/16: the top 17 bits of 10.0.x.x name it
+    add(index, 2, "10.0.0.2")
+    add(index, 3, "10.0.0.3", type_="captcha")
+    add(index, 4, "10.0.0.4")
+    add(index, 5, "10.0.0.2", type_="captcha")
+    for when in ("private", "published"):
+        assert len(index) == 5, when
+        assert index.counts() == {("Ip", 4): 5}, when
+        assert sorted((kind[0], n) for kind, _, n in index.held()) == \
+            [("ban", 3), ("captcha", 2)], when
+        assert [d.id for d in look(index, "10.0.0.2")] == [2, 5], when
+        assert [d.id for d in look(index, "10.0.0.4")] == [4], when
+        assert look(index, "5.0.0.2") == [], when
+        index.publish()
+
+
+def test_replacing_a_range_decision_by_id_keeps_the_counts_of_its_kind() -> None:
+    index = DecisionIndex()
+    add(index, 1, "10.0.0.0/24", scope="Range")
+    add(index, 2, "10.1.0.0/24", scope="Range")
+    add(index, 1, "10.0.0.0/24", scope="Range", duration="2h")
+    assert len(index) == 2
+    assert index.counts() == {("Range", 4): 2}
+    assert [n for _, _, n in index.held()] == [2]

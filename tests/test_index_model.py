@@ -165,3 +165,15 @@ def test_expiry_is_kept_in_tenths_rounded_up_and_bounded() -> None:
     assert index.add_ipv4(8, 0x0A00000A, ("ban", "Ip", "o", "s"), 1.0)
     found = {d.id: d.expires for d in index.decisions()}
     assert (found[7], found[8]) == (1.1, 1.0)
+
+
+def test_the_startup_path_bounds_expiry_and_declines_ids_past_64_bits() -> None:
+    index = DecisionIndex()
+    meta = ("ban", "Ip", "o", "s")
+    assert index.add_ipv4(1, 0x0A000001, meta, 60.0)  # the kind is known from here on
+    assert index.add_ipv4(2, 0x0A000002, meta, -5.0)
+    assert index.add_ipv4(3, 0x0A000003, meta, 1e15)
+    assert not index.add_ipv4(2**64, 0x0A000004, meta, 60.0)
+    assert len(index) == 3
+    assert sorted((d.id, d.expires) for d in index.decisions()) == \
+        [(1, 60.0), (2, 0.0), (3, _EXP_MAX)]

@@ -116,3 +116,14 @@ def test_trusted_networks_cover_exactly_their_addresses(net: str, inside: str,
     policy = make(src, trusted_networks=(ipaddress.ip_network(net),))
     assert policy.check(inside) is None
     assert policy.check(outside) is not None
+
+
+def test_among_decisions_with_the_same_action_the_first_one_is_reported() -> None:
+    # two captchas: the longer-lived comes first from the index, and the reply names its
+    # scenario
+    src = IndexSource()
+    src.add(1, "203.0.113.7", type_="captcha", scenario="short", duration="1h")
+    src.add(2, "203.0.113.7", type_="captcha", scenario="long", duration="5h")
+    verdict = make(src, tempfail_reply=Reply("451", None, "%(scenario)s")).check("203.0.113.7")
+    assert verdict is not None and verdict.decision is not None
+    assert verdict.decision.id == 2 and verdict.reply == ("451", None, "long")
