@@ -4,14 +4,13 @@ Postfix, clients played with XCLIENT. Both modes, IPv4 and IPv6, Ip and Range sc
 from __future__ import annotations
 
 import itertools
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from milter_process import MilterProcess
+from nodes import Node
 from real_crowdsec import CrowdSec
-from real_postfix import Postfix, Transcript, blocked, delivered, session
+from real_postfix import blocked, delivered
 from waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -23,24 +22,6 @@ def fresh_ip(v6: bool = False) -> str:
     n = next(_n)
     return f"2001:db8:77::{n:x}" if v6 else f"203.0.113.{n}"
 
-
-
-class Node:
-    """A milter in front of a Postfix, asking the shared LAPI."""
-
-    def __init__(self, workdir: Path, cs: CrowdSec, name: str, *args: str) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        key = cs.add_bouncer(name)
-        self.milter = MilterProcess(workdir, cs.lapi_url, key, *args)
-        self.milter.start("decision(s) held" if "live" not in args else None)
-        self.postfix = Postfix(workdir / "postfix", f"inet:127.0.0.1:{self.milter.port}").start()
-
-    def send(self, ip: str, rcpts: tuple[str, ...] = ("bob@example.org",)) -> Transcript:
-        return session(self.postfix.port, ip, rcpts=list(rcpts))
-
-    def stop(self) -> None:
-        self.postfix.stop()
-        self.milter.stop(signal.SIGKILL)
 
 
 @pytest.fixture(scope="module", params=["stream", "live"])

@@ -10,17 +10,17 @@ import mailbox
 import os
 import pwd
 import re
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from eventschema import read_events
-from milter_process import EXE, MilterProcess
+from milter_process import EXE
 from mmdb import write as write_mmdb
+from nodes import Node
 from real_crowdsec import CrowdSec
-from real_postfix import Postfix, Transcript, blocked, delivered, session
+from real_postfix import blocked, delivered
 from waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -62,26 +62,11 @@ def decision_id(cs: CrowdSec, ip: str, scenario: str) -> int:
                 if d["value"] == ip and d["scenario"] == scenario)
 
 
-class Node:
-    """A milter in front of a Postfix, asking the module's LAPI."""
-
-    def __init__(self, workdir: Path, cs: CrowdSec, name: str, mode: str, *args: str,
-                 deliver_to: str | None = None) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.key = cs.add_bouncer(name)
-        self.milter = MilterProcess(workdir, cs.lapi_url, self.key, "--mode", mode,
-                                    "--update-frequency", "0.5", "--cache-ttl", "1", *args)
-        self.milter.start("decision(s) held" if mode == "stream" else None)
-        self.postfix = Postfix(workdir / "postfix", f"inet:127.0.0.1:{self.milter.port}",
-                               deliver_to=deliver_to).start()
-        self.rcpt = f"{deliver_to or 'bob'}@example.org"
-
-    def send(self, ip: str, subject: str = "test") -> Transcript:
-        return session(self.postfix.port, ip, rcpts=[self.rcpt], subject=subject)
-
-    def stop(self) -> None:
-        self.postfix.stop()
-        self.milter.stop(signal.SIGKILL)
+def mode_node(workdir: Path, cs: CrowdSec, name: str, mode: str, *args: str,
+              deliver_to: str | None = None) -> Node:
+    """A node in `mode` that pulls or re-asks every half second."""
+    return Node(workdir, cs, name, "--mode", mode, "--update-frequency", "0.5",
+                "--cache-ttl", "1", *args, deliver_to=deliver_to)
 
 
 @pytest.fixture(scope="module", params=["stream", "live"])
@@ -89,7 +74,7 @@ def selecting(request: pytest.FixtureRequest, lapi: CrowdSec,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """Only cscli's own decisions, and none whose scenario mentions web-scan."""
     mode = request.param
-    n = Node(tmp_path_factory.mktemp(f"select-{mode}"), lapi, f"select-{mode}", mode,
+    n = mode_node(tmp_path_factory.mktemp(f"select-{mode}"), lapi, f"select-{mode}", mode,
              "--origins", "cscli", "--scenarios-not-containing", "WEB-SCAN")
     yield n
     n.stop()
@@ -121,7 +106,7 @@ def grading(request: pytest.FixtureRequest, lapi: CrowdSec, mail_user: str,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """Imported lists tempfail, web-scan scenarios tag, other bans reject; mail delivered."""
     mode = request.param
-    n = Node(tmp_path_factory.mktemp(f"grade-{mode}"), lapi, f"grade-{mode}", mode,
+    n = mode_node(tmp_path_factory.mktemp(f"grade-{mode}"), lapi, f"grade-{mode}", mode,
              "--action", "origin:cscli-import=tempfail", "--action", "scenario:*Web-Scan*=tag",
              deliver_to=mail_user)
     yield n
@@ -131,7 +116,7 @@ def grading(request: pytest.FixtureRequest, lapi: CrowdSec, mail_user: str,
 def mailbox_message(node: Node, ip: str) -> mailbox.mboxMessage:
     """Send one message from `ip`; the copy local(8) delivered."""
     subject = f"probe {next(_subjects)} from {ip}"
-    t = node.send(ip, subject)
+    t = node.send(ip, subject=subject)
     assert delivered(t), t.text()
 
     def find() -> mailbox.mboxMessage | None:
@@ -233,7 +218,7 @@ def geo_node(request: pytest.FixtureRequest, lapi: CrowdSec,
     mode = request.param
     work = tmp_path_factory.mktemp(f"geo-{mode}")
     country, asn = write_mmdb(work)
-    n = Node(work, lapi, f"geo-{mode}", mode, "--geoip-country-db", str(country),
+    n = mode_node(work, lapi, f"geo-{mode}", mode, "--geoip-country-db", str(country),
              "--geoip-asn-db", str(asn))
     yield n
     n.stop()
@@ -292,7 +277,7 @@ def test_tag_without_the_event_log(lapi: CrowdSec, mail_user: str, tmp_path: Pat
     """With no event log the milter asks Postfix for neither DATA nor the content phase and
     ACCEPTs clean clients at connect; a tagged client's message still gets its header at
     end of message."""
-    node = Node(tmp_path, lapi, f"tag-quiet-{next(_n)}", "stream", "--event-log", "none",
+    node = mode_node(tmp_path, lapi, f"tag-quiet-{next(_n)}", "stream", "--event-log", "none",
                 "--action", "scenario:*web-scan*=tag", deliver_to=mail_user)
     try:
         ip, clean = fresh_ip(), fresh_ip()
