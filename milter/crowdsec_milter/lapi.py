@@ -19,11 +19,16 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpcore
 import httpx
+
+try:  # httpcore 0.17 and later (Debian 13, PyPI)
+    from httpcore import NetworkBackend, NetworkStream
+except ImportError:  # httpcore 0.16 (Debian 12's, with httpx 0.23): the same classes, not exported
+    from httpcore.backends.base import NetworkBackend, NetworkStream
 
 from . import __version__
 from .jsonstream import StreamFormatError, iter_arrays, iter_list
@@ -67,10 +72,10 @@ def _until(at: float) -> Iterator[None]:
         _deadline.at = previous
 
 
-class _DeadlineStream(httpcore.NetworkStream):
+class _DeadlineStream(NetworkStream):
     """A connection whose every wait is cut to the current request's deadline."""
 
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
+    def __init__(self, inner: NetworkStream) -> None:
         self._inner = inner
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
@@ -83,7 +88,7 @@ class _DeadlineStream(httpcore.NetworkStream):
         self._inner.close()
 
     def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
+                  timeout: float | None = None) -> NetworkStream:
         return _DeadlineStream(self._inner.start_tls(
             ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout)))
 
@@ -91,24 +96,23 @@ class _DeadlineStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
-class _DeadlineBackend(httpcore.NetworkBackend):
-    """httpcore's plain socket backend, with connections that honour the deadline."""
+class _DeadlineBackend(NetworkBackend):
+    """The transport's own network backend, with connections that honour the deadline.
+    Other arguments (local_address; socket_options from httpcore 0.17 on) pass through
+    as httpcore gave them, so each httpcore version gets the signature it knows."""
 
-    def __init__(self) -> None:
-        self._inner = httpcore.SyncBackend()
+    def __init__(self, inner: NetworkBackend) -> None:
+        self._inner = inner
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                    local_address: str | None = None,
-                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+                    **options: Any) -> NetworkStream:
         return _DeadlineStream(self._inner.connect_tcp(
-            host, port, _left(timeout, httpcore.ConnectTimeout), local_address,
-            socket_options))
+            host, port, _left(timeout, httpcore.ConnectTimeout), **options))
 
     def connect_unix_socket(self, path: str, timeout: float | None = None,
-                            socket_options: Iterable[Any] | None = None
-                            ) -> httpcore.NetworkStream:
+                            **options: Any) -> NetworkStream:
         return _DeadlineStream(self._inner.connect_unix_socket(
-            path, _left(timeout, httpcore.ConnectTimeout), socket_options))
+            path, _left(timeout, httpcore.ConnectTimeout), **options))
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
@@ -166,10 +170,12 @@ class LapiClient:
             verify=context,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
         )
+        # httpx has no public way to give its transport a network backend: set the pool's.
         pool = getattr(transport, "_pool", None)
-        if not isinstance(getattr(pool, "_network_backend", None), httpcore.NetworkBackend):
+        backend = getattr(pool, "_network_backend", None)
+        if not isinstance(backend, NetworkBackend):
             raise RuntimeError("this httpx/httpcore cannot take a request deadline")
-        pool._network_backend = _DeadlineBackend()  # type: ignore[union-attr]
+        pool._network_backend = _DeadlineBackend(backend)  # type: ignore[union-attr]
         self._http = httpx.Client(headers=headers, transport=transport, follow_redirects=False)
 
     def close(self) -> None:
