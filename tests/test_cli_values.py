@@ -122,8 +122,11 @@ def test_lapi_url_must_be_http_or_https_with_a_host() -> None:
     for url in ("ftp://lapi.example/", "http:///v1"):
         with pytest.raises(ConfigError, match=f"^--lapi-url '{url}' must be http:// or https://"):
             load(["--api-key", "k", "--lapi-url", url])
-    with pytest.raises(ConfigError, match=r"^--lapi-url 'http://:x' is not a URL$"):
-        load(["--api-key", "k", "--lapi-url", "http://:x"])
+    # httpx 0.28 refuses these, 0.23 (Debian 12's) reads a bad port as no host, and
+    # neither minds a port past 65535: the same one line on every version.
+    for url in ("http://:x", "http://lapi.example:x/", "http://lapi.example:65536/"):
+        with pytest.raises(ConfigError, match=f"^--lapi-url '{url}' is not a URL$"):
+            load(["--api-key", "k", "--lapi-url", url])
 
 
 @pytest.mark.parametrize(("specs", "expected"), [

@@ -11,6 +11,7 @@ import os
 import re
 import stat
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -249,6 +250,9 @@ def check_socket(spec: str) -> str:
 def check_url(url: str) -> str:
     try:
         parsed = httpx.URL(url)
+        # The port, by the standard library: httpx 0.23 reads a bad one as no host at all,
+        # and no httpx minds one past 65535.
+        urllib.parse.urlsplit(url).port  # noqa: B018
     except Exception as exc:
         raise ConfigError(f"--lapi-url {url!r} is not a URL") from exc
     if parsed.scheme not in ("http", "https") or not parsed.host:
