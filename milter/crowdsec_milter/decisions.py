@@ -40,7 +40,9 @@ def parse_duration(text: str) -> float:
     if fast is not None and text != "":
         h, m, sec = fast.groups()
         if h or m or sec:
-            return int(h or 0) * 3600.0 + int(m or 0) * 60.0 + float(sec or 0.0)
+            # float, not int: hours of 5,000 digits make inf (then refused as absurd)
+            # where int() raises ValueError past Python's 4,300-digit conversion limit
+            return float(h or 0) * 3600.0 + float(m or 0) * 60.0 + float(sec or 0.0)
     sign = 1.0
     body = text
     if body[0] in "+-":
@@ -301,7 +303,7 @@ def parse_ipv4_fast(item: dict[str, Any], now: float
     h, m, sec = match.groups()
     if not (h or m or sec):
         return None
-    seconds = int(h or 0) * 3600.0 + int(m or 0) * 60.0 + float(sec or 0.0)
+    seconds = float(h or 0) * 3600.0 + float(m or 0) * 60.0 + float(sec or 0.0)
     if seconds > MAX_DURATION:
         return None
     return ident, address, (dtype.lower(), "Ip", origin, scenario), now + seconds
