@@ -292,17 +292,18 @@ def split_list(name: str, values: Sequence[str] | None) -> tuple[str, ...] | Non
     return items
 
 
-def check_mmdb(option: str, path: str | None) -> str | None:
-    """A MaxMind DB file that opens, or ConfigError naming the option (checked at start,
-    not at the first client)."""
+def check_mmdb(kind: str, path: str | None) -> str | None:
+    """A MaxMind DB file that opens and is of the kind its option needs (`kind`: country,
+    as; an ASN database given as the country one would never match), or ConfigError
+    naming the option: checked at start and on SIGHUP, not at the first client."""
     if not path:
         return None
-    from .geo import Geo, GeoError  # maxminddb only when a database is given
+    from .geo import GeoError, load  # maxminddb only when a database is given
 
     try:
-        Geo(path, None).close()
+        load(path, kind)[0].close()
     except GeoError as exc:
-        raise ConfigError(str(exc).replace("--geoip-country-db", option)) from None
+        raise ConfigError(str(exc)) from None
     return path
 
 
@@ -378,8 +379,8 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
         scenarios_not_containing=split_list("scenarios-not-containing",
                                             args.scenarios_not_containing) or (),
         tag_header=check_header_name(args.tag_header),
-        geoip_country_db=check_mmdb("--geoip-country-db", args.geoip_country_db),
-        geoip_asn_db=check_mmdb("--geoip-asn-db", args.geoip_asn_db),
+        geoip_country_db=check_mmdb("country", args.geoip_country_db),
+        geoip_asn_db=check_mmdb("as", args.geoip_asn_db),
         stage=Stage(args.stage),
         reject_reply=replies["reject"],
         tempfail_reply=replies["tempfail"],

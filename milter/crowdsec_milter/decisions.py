@@ -180,6 +180,13 @@ class Decision(NamedTuple):
         return _SEVERITY.get(self.type, 2)
 
 
+class Partial(list):  # type: ignore[type-arg]
+    """Decisions found on an address while part of what may cover it could not be had
+    (its country's or AS's decisions: LAPI failed on that query, or the database could
+    not be read). The policy takes them as they are and gives the unknown part the
+    --on-lapi-error answer: the more severe of the two wins."""
+
+
 def _text(item: dict, key: str, limit: int = 256) -> str:
     value = item.get(key)
     if value is None:

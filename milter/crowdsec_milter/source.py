@@ -22,6 +22,7 @@ from .decisions import (
     Decision,
     DecisionError,
     Network,
+    Partial,
     network_text,
     parse_decision,
     parse_ipv4_fast,
@@ -211,7 +212,10 @@ class StreamSource(_LapiSource):
         scoped = self._scoped
         if self._geo is not None and (scoped.held["Country"] or scoped.held["AS"]):
             # the databases are read only while some Country or AS decision is held
-            country, asn = self._geo.locate(text)
+            located = self._geo.locate(text)
+            if located is None:  # a database could not be read: Ip and Range stand
+                return Partial(found)
+            country, asn = located
             extra = (scoped.lookup("Country", country, now) if country else []) + \
                 (scoped.lookup("AS", asn, now) if asn else [])
             if extra:
@@ -449,21 +453,27 @@ class LiveSource(_LapiSource):
     def lookup(self, family: int, number: int, text: str,
                complete: bool = True) -> list[Decision] | None:
         """Every decision LAPI holds on the address (`complete` changes nothing here), with
-        those on its country and AS when a database tells them; each answer cached."""
+        those on its country and AS when a database tells them; each answer cached.
+
+        None when the address's own query fails (LAPI is down: no more queries to wait
+        on). When its country's or AS's fails, or the database cannot be read, what was
+        had comes as a Partial list: an Ip ban already fetched still counts."""
         found = self._cached(f"{family}:{number}", lambda: self._client.query(text))
         if self._geo is None or found is None:
             return found
-        country, asn = self._geo.locate(text)
-        for scope, value in (("Country", country), ("AS", asn)):
-            if value:
+        located = self._geo.locate(text)
+        unknown = located is None
+        for scope, value in zip(("Country", "AS"), located or ("", ""), strict=True):
+            if value and not unknown:
                 more = self._cached(f"{scope}:{value}",
                                     lambda s=scope, v=value: self._client.query_scope(s, v))
                 if more is None:
-                    return None
-                found = found + more
+                    unknown = True  # and ask no more of a LAPI that just failed
+                else:
+                    found = found + more
         if len(found) > 1:
             found.sort(key=lambda d: (d.severity, -d.expires))
-        return found
+        return Partial(found) if unknown else found
 
     def _cached(self, key: str, ask: Callable[[], list[Any]]) -> list[Decision] | None:
         """The cached answer under `key`, or one request (`ask`) shared by every lookup of

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 
 from .decisions import (
     DecisionError,
+    Partial,
     iso_expiry,
     parse_address,
     parse_decision,
@@ -161,11 +162,15 @@ def lookup(ip: str, settings: Settings) -> int:
         source = LiveSource(client, 1.0, timeout=settings.lapi_timeout, geo=geo)
         policy = make_policy(settings, source)
         family, number, text = address
-        print(geo_line(settings, *(geo.locate(text) if geo else ("", ""))))
+        located = geo.locate(text) if geo else ("", "")
+        print(geo_line(settings, *(located or ("unreadable database", "unreadable database"))))
         decisions = source.lookup(family, number, text)
         if decisions is None:
             print(f"LAPI could not answer; clients get: {settings.on_lapi_error}")
             return 1
+        if isinstance(decisions, Partial):
+            print(f"the Country/AS decisions on this address could not be had; for them "
+                  f"clients get: {settings.on_lapi_error} (the more severe answer wins)")
         now = time.monotonic()
         wall = time.time()
         for d in decisions:
