@@ -146,6 +146,20 @@ def parse_network(scope: str, value: str) -> Network:
     return Network(net.version, net.prefixlen, int(net.network_address))
 
 
+# The widest Range decisions enforced, as prefix lengths (IPv4, IPv6); wider ones are set
+# aside (--widest-range). /8 is the largest block ever held by one organisation in IPv4 (the
+# legacy class A allocations); IANA hands the RIRs themselves /12s of IPv6 and the largest
+# allocations to one holder are about /19, so a /16 already spans many unrelated
+# networks. Anything wider (0.0.0.0/0, ::/0, 2000::/3) is a typo or a bug, and enforced it
+# would refuse mail from most of the Internet.
+WIDEST_RANGE = (8, 16)
+
+
+def too_wide(net: Network, widest: tuple[int, int] = WIDEST_RANGE) -> bool:
+    """Whether a decision's network is wider than `widest` (IPv4, IPv6 prefix lengths)."""
+    return net.prefixlen < widest[0 if net.family == 4 else 1]
+
+
 def network_text(family: int, prefixlen: int, number: int, scope: str) -> str:
     """A decision's value as the milter shows it (logs, events, replies): the canonical
     address, with its prefix length unless it is an Ip decision on a whole address."""
