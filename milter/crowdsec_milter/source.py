@@ -164,6 +164,8 @@ class WideRanges:
             self._held[decision.id] = decision
             new = decision.id not in self._logged
             self._logged.add(decision.id)
+            if len(self._logged) > 2 * self.LIMIT:  # live mode never resyncs: bound it
+                self._logged.intersection_update(self._held)
         if new:
             bound = self.widest[0 if net.family == 4 else 1]
             log.warning("not enforcing decision id=%d type=%s scope=%s value=%s origin=%s "

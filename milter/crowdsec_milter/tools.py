@@ -137,9 +137,13 @@ def count_decisions(items: Iterable[object], selection: Selection | None = None,
     return text
 
 
-def geo_line(settings: Settings, country: str, asn: str) -> str:
+def geo_line(settings: Settings, located: tuple[str, str] | None) -> str:
     """What lookup says of Country and AS decisions: the address's country and AS, or why
-    such decisions are not checked."""
+    such decisions are not checked (None: a database could not be read)."""
+    if located is None:
+        return ("country and AS unknown: a --geoip-* database cannot be read (see the log); "
+                "Ip and Range decisions still apply")
+    country, asn = located
     parts = []
     if settings.geoip_country_db:
         parts.append(f"country {country or 'unknown'} (--geoip-country-db)")
@@ -172,7 +176,7 @@ def lookup(ip: str, settings: Settings) -> int:
         policy = make_policy(settings, source)
         family, number, text = address
         located = geo.locate(text) if geo else ("", "")
-        print(geo_line(settings, *(located or ("unreadable database", "unreadable database"))))
+        print(geo_line(settings, located))
         decisions = source.lookup(family, number, text)
         if decisions is None:
             print(f"LAPI could not answer; clients get: {settings.on_lapi_error}")
