@@ -225,8 +225,11 @@ class Geo:
             changed = [db.refresh(wall) for db in (self._country, self._asn) if db]
             if any(changed):
                 self._generation += 1
-            self._next_check = self._clock() + CHECK_EVERY
+        except Exception as exc:  # (out of memory copying it...) the session goes on
+            log.error("GeoIP database check failed (%s: %s); keeping the databases loaded "
+                      "before", type(exc).__name__, exc)
         finally:
+            self._next_check = self._clock() + CHECK_EVERY
             self._checking.release()
 
     def _read(self, ip: str, _generation: int) -> tuple[str, str]:
