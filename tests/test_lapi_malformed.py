@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+from pathlib import Path
 
 import pytest
 from crowdsec_milter.decisions import parse_address
 from crowdsec_milter.lapi import LapiClient
 from crowdsec_milter.source import LiveSource, StreamSource
 from lapi_server import FakeLapi, Fault
-from milter_process import EXE
+from milter_process import EXE, MilterProcess, verdict
+from waiting import eventually
 
 HUGE = "9" * 5000  # digits: over the 4,300 int<->str conversion limit
 
@@ -142,3 +144,22 @@ def test_the_test_bodies_are_what_they_claim() -> None:
         json.loads(decision(HUGE, "192.0.2.1"))
     with pytest.raises(RecursionError):
         json.loads(NESTED)
+
+
+def test_the_running_milter_syncs_past_them_without_a_traceback(
+        tmp_path: Path, fake_lapi: tuple[FakeLapi, str]) -> None:
+    """The real program: its first pull holds huge numbers, a later one is nested too
+    deep; it syncs, keeps the ban through the failed pull and logs no traceback."""
+    lapi, url = fake_lapi
+    lapi.startup_body = stream_body(decision(7, "203.0.113.7"), *bad_decisions())
+    proc = MilterProcess(tmp_path, url, "test-key", "--update-frequency", "0.2").start()
+    try:
+        assert verdict(proc, "203.0.113.7") == "reject"
+        assert "skipped 4 unusable decision(s)" in proc.log()
+        lapi.fault = Fault(body=NESTED, count=1, only="startup=false")
+        assert eventually(lambda: "stream pull failed (decode)" in proc.log()), proc.log()
+        assert eventually(lambda: proc.log().count("stream resync: 1 decision(s) held") >= 2)
+        assert verdict(proc, "203.0.113.7") == "reject"
+        assert "Traceback" not in proc.log() and "nested too deep" in proc.log()
+    finally:
+        proc.stop()
