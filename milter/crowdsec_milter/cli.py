@@ -172,6 +172,15 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
     p.add_argument("--trap-rcpt", action="append", default=None, metavar="PATTERN",
                    help="spam-trap recipients (repeatable, shell-style): a RCPT to one "
                         "writes a rcpt_trap event; the MTA's answer is not changed")
+    p.add_argument("--local-domains", action="append", default=None, metavar="LIST",
+                   help="this MTA's own mail domains (comma-separated, repeatable): an "
+                        "outside client naming one in HELO or MAIL FROM writes a "
+                        "helo_forged or sender_spoofed event")
+    p.add_argument("--fanout-limit", type=int, default=d.fanout_limit, metavar="N",
+                   help="an unauthenticated transaction with more recipients writes a "
+                        "rcpt_fanout event; 0 turns it off")
+    p.add_argument("--fanout-domains", type=int, default=d.fanout_domains, metavar="N",
+                   help="... or with recipients in more distinct domains; 0 turns it off")
     p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
                    help="serve Prometheus /metrics and /health here, IPv4 or IPv6 "
                         "(127.0.0.1:9395, [::1]:9395, [::]:9395); off by default")
@@ -292,6 +301,28 @@ def split_list(name: str, values: Sequence[str] | None) -> tuple[str, ...] | Non
     return items
 
 
+_DOMAIN = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
+
+
+def parse_domains(values: Sequence[str] | None) -> frozenset[str]:
+    """--local-domains as compared: lower case, no trailing dot; a name that is no domain
+    (an address, a pattern, a space) is an error, not a rule that never matches."""
+    names = split_list("local-domains", values) or ()
+    found = set()
+    for name in names:
+        normal = name.rstrip(".").lower()
+        if not _DOMAIN.match(normal):
+            raise ConfigError(f"--local-domains: {name!r} is not a domain name")
+        found.add(normal)
+    return frozenset(found)
+
+
+def _count(name: str, value: int) -> int:
+    if value < 0:
+        raise ConfigError(f"--{name} must be 0 (off) or more, not {value}")
+    return value
+
+
 def check_mmdb(option: str, path: str | None) -> str | None:
     """A MaxMind DB file that opens, or ConfigError naming the option (checked at start,
     not at the first client)."""
@@ -391,6 +422,9 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
         always_allow_rcpt=allow,
         exempt_authenticated=args.exempt_authenticated,
         trap_rcpt=traps,
+        local_domains=parse_domains(args.local_domains),
+        fanout_limit=_count("fanout-limit", args.fanout_limit),
+        fanout_domains=_count("fanout-domains", args.fanout_domains),
         metrics_listen=check_listen(args.metrics_listen),
         usage_metrics_interval=0.0 if args.usage_metrics_interval == 0 else
         _positive("usage-metrics-interval", args.usage_metrics_interval),

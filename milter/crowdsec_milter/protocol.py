@@ -21,8 +21,9 @@ import Milter
 from .policy import Stage
 
 # Macros read at RCPT: ours replace the MTA's list for that stage (Postfix's default RCPT
-# list is `i {rcpt_addr} {rcpt_host} {rcpt_mailer}`); {mail_addr} spares the MAIL callback.
-RCPT_MACROS = "i {rcpt_addr} {rcpt_host} {rcpt_mailer} {mail_addr}"
+# list is `i {rcpt_addr} {rcpt_host} {rcpt_mailer}`); {mail_addr} and the login
+# ({auth_authen}, {auth_type}) spare the MAIL callback.
+RCPT_MACROS = "i {rcpt_addr} {rcpt_host} {rcpt_mailer} {mail_addr} {auth_authen} {auth_type}"
 
 # callback name: (its stage, no-reply bit, no-callback bit)
 CALLBACKS = {

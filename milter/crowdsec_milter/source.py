@@ -71,6 +71,8 @@ class Source(Protocol):
 
     def stats(self) -> SourceStats: ...
 
+    def locate(self, ip: str) -> tuple[str, str]: ...
+
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
@@ -166,6 +168,12 @@ class _LapiSource:
         # told after each stream pull: (applied, decisions held); systemd's READY and
         # STATUS. A live source pulls nothing, so never calls it.
         self.on_pull: Callable[[bool, int], None] | None = None
+        self._geo: Geo | None = None
+
+    def locate(self, ip: str) -> tuple[str, str]:
+        """(country, AS) of an address from the databases given ('' for what is unknown):
+        the auth_session event's place."""
+        return self._geo.locate(ip) if self._geo is not None else ("", "")
 
 
 class StreamSource(_LapiSource):
