@@ -181,6 +181,12 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
                         "rcpt_fanout event; 0 turns it off")
     p.add_argument("--fanout-domains", type=int, default=d.fanout_domains, metavar="N",
                    help="... or with recipients in more distinct domains; 0 turns it off")
+    p.add_argument("--account-decisions", action="store_true",
+                   help="refuse a login (SMTP AUTH user, {auth_authen}) that has a decision "
+                        "on the username scope, at MAIL; costs a MAIL callback per message")
+    p.add_argument("--account-reply", default=d.account_reply, metavar="TEXT",
+                   help="reply text for a refused login, with the code of its action's "
+                        "reply; may use %%(user)s %%(ip)s %%(type)s %%(scenario)s %%(origin)s")
     p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
                    help="serve Prometheus /metrics and /health here, IPv4 or IPv6 "
                         "(127.0.0.1:9395, [::1]:9395, [::]:9395); off by default")
@@ -317,6 +323,19 @@ def parse_domains(values: Sequence[str] | None) -> frozenset[str]:
     return frozenset(found)
 
 
+def check_account_reply(text: str) -> str:
+    """--account-reply: one line of text whose fields are the ones a verdict fills."""
+    if not text.strip() or re.search(r"[\x00-\x1f\x7f]", text):
+        raise ConfigError("--account-reply must be one line of text")
+    try:
+        text % {"user": "alice", "ip": "192.0.2.1", "type": "ban", "scenario": "x",
+                "origin": "x"}
+    except (KeyError, ValueError, TypeError):
+        raise ConfigError("--account-reply may use only %(user)s %(ip)s %(type)s "
+                          f"%(scenario)s %(origin)s: {text!r}") from None
+    return text.strip()
+
+
 def _count(name: str, value: int) -> int:
     if value < 0:
         raise ConfigError(f"--{name} must be 0 (off) or more, not {value}")
@@ -425,6 +444,8 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
         local_domains=parse_domains(args.local_domains),
         fanout_limit=_count("fanout-limit", args.fanout_limit),
         fanout_domains=_count("fanout-domains", args.fanout_domains),
+        account_decisions=args.account_decisions,
+        account_reply=check_account_reply(args.account_reply),
         metrics_listen=check_listen(args.metrics_listen),
         usage_metrics_interval=0.0 if args.usage_metrics_interval == 0 else
         _positive("usage-metrics-interval", args.usage_metrics_interval),

@@ -16,7 +16,7 @@ from typing import Any
 
 import maxminddb
 
-from .decisions import Decision
+from .decisions import ACCOUNT_SCOPE, Decision
 
 
 class GeoError(Exception):
@@ -79,14 +79,14 @@ class Geo:
 
 
 class ScopedDecisions:
-    """Country and AS decisions by (scope, value), several per value, kept apart by id.
-    Readers take no lock: each value's tuple is replaced whole."""
+    """Country, AS and account decisions by (scope, value), several per value, kept apart
+    by id. Readers take no lock: each value's tuple is replaced whole."""
 
     def __init__(self) -> None:
         self._by: dict[tuple[str, str], tuple[Decision, ...]] = {}
         self.lock = threading.Lock()
         # decisions held per scope: a scope with none needs no database lookup at all
-        self.held = {"Country": 0, "AS": 0}
+        self.held = {"Country": 0, "AS": 0, ACCOUNT_SCOPE: 0}
 
     def __len__(self) -> int:
         return sum(self.held.values())

@@ -31,7 +31,7 @@ from .events import EventWriter, clean_text
 from .policy import Action, Policy, Stage, Verdict
 from .protocol import Request, request
 from .signals import Fanout, helo_forged, sender_spoofed
-from .tally import ERRORS, SESSIONS, Tally, blocked, rcpt_rejected, rcpt_trap
+from .tally import ERRORS, SESSIONS, Tally, account_blocked, blocked, rcpt_rejected, rcpt_trap
 
 log = logging.getLogger("crowdsec_milter.session")
 
@@ -60,6 +60,8 @@ class SessionContext:
     fanout_domains: int = 0
     # (country, AS) of an address, from the MaxMind databases given; None without any
     locate: Callable[[str], tuple[str, str]] | None = None
+    # decisions on logins are checked at MAIL (--account-decisions)
+    accounts: bool = False
 
     @property
     def tagging(self) -> bool:
@@ -74,14 +76,15 @@ class SessionContext:
 
     @property
     def final_at_verdict(self) -> bool:
-        """Nothing after the verdict matters: no events to write, no trap to watch for."""
-        return self.events is None and not self.trap_rcpt
+        """Nothing after the verdict matters: no events to write, no trap to watch for, no
+        login to check at MAIL."""
+        return self.events is None and not self.trap_rcpt and not self.accounts
 
     def request(self, actions: int, offered: int) -> Request:
         """What to ask of an MTA offering `actions` and protocol bits `offered`."""
         return request(self.stage, sensor=self.events is not None,
                        mail=self.exempt_authenticated, rcpt=bool(self.trap_rcpt),
-                       actions=actions, offered=offered)
+                       actions=actions, offered=offered, account=self.accounts)
 
 
 def _matches(rcpt: str, patterns: tuple[str, ...]) -> bool:
@@ -180,6 +183,10 @@ class Session(Milter.Base):
         self.mail_from = mailfrom or ""
         # the MTA sends {auth_authen} at MAIL (Postfix's milter_mail_macros default)
         self.auth_user = self._macro("{auth_authen}")
+        if self.auth_user and self.context.accounts:
+            refused = self._account()
+            if refused is not None:
+                return refused
         return self._at(Stage.MAIL, rcpt="")
 
     def envrcpt(self, to: str, *params: str) -> int:
@@ -339,6 +346,29 @@ class Session(Milter.Base):
             log.exception("internal error deciding on client %s", clean_text(self.ip, 64))
             return self._fallback()
 
+    def _account(self) -> int | None:
+        """A login with a decision on it (--account-decisions): its answer, or None to go
+        on with the address's. --exempt-authenticated never exempts such a login."""
+        try:
+            verdict = self.context.policy.check_account(self.auth_user, self.ip)
+            if verdict is None:
+                return None
+            self._report(verdict, Stage.MAIL, "", account=True)
+            if not verdict.enforce:
+                return None
+            if verdict.action is Action.TAG:
+                assert verdict.decision is not None
+                self.tag = tag_value(verdict.decision)
+                return None
+            assert verdict.reply is not None
+            code, xcode, text = verdict.reply
+            self.setreply("421" if verdict.action is Action.DROP else code, xcode, text)
+            return _RESULT[verdict.action]
+        except Exception:
+            self.context.tally.inc(ERRORS)
+            log.exception("internal error deciding on login %s", clean_text(self.auth_user, 64))
+            return None
+
     def _passed(self) -> int:
         """The answer for a client let through at the deciding stage: when nothing later
         can change it or needs to be seen (no event log, no trap recipients), ACCEPT, and
@@ -356,17 +386,22 @@ class Session(Milter.Base):
             log.exception("internal error in the fallback answer")
             return Milter.CONTINUE
 
-    def _report(self, verdict: Verdict, stage: Stage, rcpt: str, exempt: bool = False) -> None:
+    def _report(self, verdict: Verdict, stage: Stage, rcpt: str, exempt: bool = False,
+                account: bool = False) -> None:
         """One operational log line and one event per blocked session (or per session an
-        authenticated client was let through in: action `exempt`, the decision named)."""
+        authenticated client was let through in: action `exempt`, the decision named; or
+        per message a login with a decision on it was answered in: `account`)."""
         decision = verdict.decision
         dtype = decision.type if decision else ""
         action = "exempt" if exempt else str(verdict.action)
-        self.context.tally.inc(blocked(dtype or verdict.reason,
-                                       decision.origin if decision else "", str(stage),
-                                       "exempt" if exempt else
-                                       str(verdict.action) if verdict.enforce else "none"))
-        if exempt:
+        carried = "exempt" if exempt else str(verdict.action) if verdict.enforce else "none"
+        origin = decision.origin if decision else ""
+        self.context.tally.inc(account_blocked(dtype, origin, carried) if account else
+                               blocked(dtype or verdict.reason, origin, str(stage), carried))
+        if account:
+            head = f"{verdict.action if verdict.enforce else 'would block'} login " \
+                   f"{clean_text(self.auth_user, 64)}"
+        elif exempt:
             head = f"exempt (authenticated as {clean_text(self.auth_user, 64)}, would " \
                    f"{verdict.action if verdict.enforce else 'not block'})"
         else:
@@ -444,7 +479,7 @@ def session_class(context: SessionContext) -> type[Session]:
     are negotiated as no-reply, so the MTA does not wait for them."""
     attrs: dict[str, Any] = {"context": context, "_requests": {}, "_said": set()}
     for name, stage in _NOREPLY_UNLESS.items():
-        if stage is not context.stage:
+        if stage is not context.stage and not (context.accounts and stage is Stage.MAIL):
             attrs[name] = Milter.noreply(getattr(Session, name))
     cls = type(f"Session_{context.stage}", (Session,), attrs)
     return Milter.rejected_recipients(cls)

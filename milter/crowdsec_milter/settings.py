@@ -63,6 +63,10 @@ class Settings:
     # rare from an unauthenticated client; a spammer's fan-out is not
     fanout_limit: int = 50
     fanout_domains: int = 5
+    # decisions on logins (scope username), checked at MAIL; the source asks LAPI for them
+    account_decisions: bool = _restart(False)
+    account_reply: str = ("account %(user)s is locked by CrowdSec: if it is yours, "
+                          "contact the postmaster")
     metrics_listen: tuple[str, int] | None = _restart(None)
     usage_metrics_interval: float = _restart(1800.0)
     lapi_ca: str | None = _restart(None)

@@ -69,9 +69,10 @@ def make_source(settings: Settings, client: LapiClient) -> Source:
     geo = make_geo(settings)
     if settings.mode == "stream":
         return StreamSource(client, settings.update_frequency,
-                            resync_interval=settings.resync_interval, geo=geo)
+                            resync_interval=settings.resync_interval, geo=geo,
+                            accounts=settings.account_decisions)
     return LiveSource(client, settings.cache_ttl, timeout=settings.lapi_timeout,
-                      maxsize=settings.cache_size, geo=geo)
+                      maxsize=settings.cache_size, geo=geo, accounts=settings.account_decisions)
 
 
 def make_policy(settings: Settings, source: DecisionSource, tally: Tally | None = None) -> Policy:
@@ -86,6 +87,7 @@ def make_policy(settings: Settings, source: DecisionSource, tally: Tally | None 
         dry_run=settings.dry_run,
         tally=tally,
         selection=settings.selection,
+        account_text=settings.account_reply,
     )
 
 
@@ -100,7 +102,8 @@ def make_context(settings: Settings, source: DecisionSource, tally: Tally,
                           trap_rcpt=settings.trap_rcpt, tag_header=settings.tag_header,
                           local_domains=settings.local_domains,
                           fanout_limit=settings.fanout_limit,
-                          fanout_domains=settings.fanout_domains, locate=locate)
+                          fanout_domains=settings.fanout_domains, locate=locate,
+                          accounts=settings.account_decisions)
 
 
 def build(settings: Settings) -> Parts:
