@@ -100,7 +100,8 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
         config_file_open_func=open_config,
     )
     if command == "lookup":
-        p.add_argument("ip", metavar="IP", help="the client address to look up")
+        p.add_argument("ip", metavar="IP", help="the client address to look up, or "
+                                                "user:LOGIN for the decisions on a login")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument("--socket", default=d.socket,
                    help="libmilter socket: inet:PORT@HOST, inet6:PORT@HOST or unix:/path")
