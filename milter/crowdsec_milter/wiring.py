@@ -70,9 +70,10 @@ def make_source(settings: Settings, client: LapiClient) -> Source:
     if settings.mode == "stream":
         return StreamSource(client, settings.update_frequency,
                             resync_interval=settings.resync_interval, geo=geo,
-                            accounts=settings.account_decisions)
+                            accounts=settings.account_decisions, widest=settings.widest_range)
     return LiveSource(client, settings.cache_ttl, timeout=settings.lapi_timeout,
-                      maxsize=settings.cache_size, geo=geo, accounts=settings.account_decisions)
+                      maxsize=settings.cache_size, geo=geo, widest=settings.widest_range,
+                      accounts=settings.account_decisions)
 
 
 def make_policy(settings: Settings, source: DecisionSource, tally: Tally | None = None) -> Policy:
