@@ -26,6 +26,7 @@ import Milter
 
 from . import __version__
 from .notify import Notifier
+from .redact import mask_url, scrub
 from .session import session_class
 from .settings import RESTART_ONLY, ConfigError, Settings
 from .wiring import Parts, StartError, build, make_context
@@ -173,7 +174,7 @@ class _JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": scrub(record.getMessage()),
         }
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
@@ -184,7 +185,7 @@ class _OneLine(logging.Formatter):
     """Text log lines that stay one line each, whatever a message carries."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = scrub(super().format(record))
         return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
@@ -243,7 +244,8 @@ def run(settings: Settings, load: Callable[[], Settings]) -> int:
         log.error("cannot start: %s", exc)
         return 1
     log.info("crowdsec-milter %s starting: socket=%s lapi=%s mode=%s stage=%s%s",
-             __version__, settings.socket, settings.lapi_url, settings.mode, settings.stage,
+             __version__, settings.socket, mask_url(settings.lapi_url), settings.mode,
+             settings.stage,
              " dry-run" if settings.dry_run else "")
     notifier = Notifier()
     readiness = Readiness(notifier, settings)

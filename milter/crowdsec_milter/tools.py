@@ -30,6 +30,7 @@ from .decisions import (
 )
 from .lapi import LapiError
 from .policy import Action, Stage
+from .redact import scrub
 from .selection import Selection
 from .session import tag_value
 from .settings import Settings
@@ -38,6 +39,11 @@ from .wiring import make_client, make_geo, make_policy
 
 PROBE_IP = "192.0.2.1"  # TEST-NET-1: never a real client
 SAFE_UPDATE_FREQUENCY = 30.0  # seconds; LAPI moves the cursor on a GET at 60
+
+
+def say(*parts: object, **kw: object) -> None:
+    """print, with secrets masked (credentials in --lapi-url, the key in an error text)."""
+    print(*(scrub(str(p)) for p in parts), **kw)  # type: ignore[call-overload]
 
 
 def get_is_unsafe(settings: Settings) -> str | None:
@@ -56,27 +62,27 @@ def check(settings: Settings) -> int:
     client = make_client(settings)
     try:
         try:
-            print(f"LAPI {settings.lapi_url}: health {client.health()}")
+            say(f"LAPI {settings.lapi_url}: health {client.health()}")
         except LapiError as exc:
-            print(f"LAPI {settings.lapi_url}: unreachable ({exc})")
+            say(f"LAPI {settings.lapi_url}: unreachable ({exc})")
             return 1
         try:
             client.check_key(PROBE_IP)
         except LapiError as exc:
-            print(f"bouncer credentials: FAILED ({exc.kind}): {exc}")
+            say(f"bouncer credentials: FAILED ({exc.kind}): {exc}")
             return 1
-        print("bouncer credentials: accepted")
+        say("bouncer credentials: accepted")
         unsafe = get_is_unsafe(settings)
         if unsafe:
-            print(f"active decisions: not read: {unsafe}")
+            say(f"active decisions: not read: {unsafe}")
         else:
             try:
-                print(f"active decisions: "
+                say(f"active decisions: "
                       f"{count_decisions(client.active_decisions(), settings.selection, settings)}")
             except LapiError as exc:
-                print(f"active decisions: could not be counted ({exc.kind}): {exc}")
+                say(f"active decisions: could not be counted ({exc.kind}): {exc}")
                 return 1
-        print(f"mode {settings.mode}, stage {settings.stage}, "
+        say(f"mode {settings.mode}, stage {settings.stage}, "
               f"on LAPI error: {settings.on_lapi_error}")
         return 0
     finally:
@@ -149,11 +155,11 @@ def lookup(ip: str, settings: Settings) -> int:
     be asked without disturbing a running milter)."""
     address = parse_address(ip)
     if address is None:
-        print(f"crowdsec-milter: error: not an IP address: {ip!r}", file=sys.stderr)
+        say(f"crowdsec-milter: error: not an IP address: {ip!r}", file=sys.stderr)
         return 2
     unsafe = get_is_unsafe(settings)
     if unsafe:
-        print(f"decisions on {ip}: not read: {unsafe}")
+        say(f"decisions on {ip}: not read: {unsafe}")
         return 1
     client = make_client(settings)
     geo = make_geo(settings)
@@ -161,37 +167,37 @@ def lookup(ip: str, settings: Settings) -> int:
         source = LiveSource(client, 1.0, timeout=settings.lapi_timeout, geo=geo)
         policy = make_policy(settings, source)
         family, number, text = address
-        print(geo_line(settings, *(geo.locate(text) if geo else ("", ""))))
+        say(geo_line(settings, *(geo.locate(text) if geo else ("", ""))))
         decisions = source.lookup(family, number, text)
         if decisions is None:
-            print(f"LAPI could not answer; clients get: {settings.on_lapi_error}")
+            say(f"LAPI could not answer; clients get: {settings.on_lapi_error}")
             return 1
         now = time.monotonic()
         wall = time.time()
         for d in decisions:
-            print(f"decision id={d.id} type={d.type} scope={d.scope} value={d.value} "
+            say(f"decision id={d.id} type={d.type} scope={d.scope} value={d.value} "
                   f"origin={d.origin} scenario={d.scenario} expires_in={d.expires - now:.0f}s "
                   f"until={iso_expiry(d.expires, now, wall)}")
             why = policy.selection.why_not(d.origin, d.scenario)
             action, key = policy.action_for(d)
-            print(f"  not selected (dropped by {why})" if why else
+            say(f"  not selected (dropped by {why})" if why else
                   f"  selected; --action key {key}: {action}")
         if not decisions:
-            print("no decision covers this address")
+            say("no decision covers this address")
         verdict = policy.check(ip)
         if policy.is_trusted(family, number):
-            print("trusted network: never blocked")
+            say("trusted network: never blocked")
         if verdict is not None and verdict.enforce and verdict.action is Action.TAG:
             assert verdict.decision is not None
-            print(f"milter answer: tag: let through, each message gets the header "
+            say(f"milter answer: tag: let through, each message gets the header "
                   f"{settings.tag_header}: {tag_value(verdict.decision)}")
             return 0
         if verdict is None or not verdict.enforce:
-            print("milter answer: let through" + (" (dry run)" if verdict else ""))
+            say("milter answer: let through" + (" (dry run)" if verdict else ""))
             return 0
         code, xcode, text = verdict.reply  # type: ignore[misc]
         stages = [s.value for s in Stage]
-        print(f"milter answer: {verdict.action} at {settings.stage} "
+        say(f"milter answer: {verdict.action} at {settings.stage} "
               f"(stages: {', '.join(stages)}): {code} {xcode or ''} {text.replace('%%', '%')}")
         return 3
     finally:
