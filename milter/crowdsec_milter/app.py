@@ -25,6 +25,7 @@ from typing import Any
 import Milter
 
 from . import __version__
+from .guard import IdleGuard, raise_fd_limit
 from .notify import Notifier
 from .redact import mask_url, scrub
 from .session import session_class
@@ -238,6 +239,7 @@ def run(settings: Settings, load: Callable[[], Settings]) -> int:
     part could not start (a busy metrics port: one log line, no traceback). SIGHUP reads
     new settings with `load` (the caller's own parsing, so this module needs no CLI)."""
     setup_logging(settings.log_level, settings.log_format)
+    raise_fd_limit()
     try:
         parts = build(settings)
     except StartError as exc:
@@ -293,6 +295,8 @@ def run(settings: Settings, load: Callable[[], Settings]) -> int:
     signal.signal(signal.SIGUSR1, on_usr1)
     thread = threading.Thread(target=serve, name="libmilter", daemon=True)
     thread.start()
+    guard = IdleGuard(settings.socket)
+    guard.start()
 
     def alive() -> bool:
         return thread.is_alive() and parts.source.alive
@@ -312,6 +316,7 @@ def run(settings: Settings, load: Callable[[], Settings]) -> int:
             log.info("stopping with callbacks still coming in")
         stop_libmilter(settings.socket)
         done.wait(10.0)
+    guard.stop()
     parts.stop()
     notifier.close()
     log.info("stopped")
