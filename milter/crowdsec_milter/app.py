@@ -178,7 +178,7 @@ class _JsonFormatter(logging.Formatter):
             "msg": scrub(record.getMessage()),
         }
         if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
+            doc["exc"] = scrub(self.formatException(record.exc_info))
         return json.dumps(doc, ensure_ascii=False)
 
 
@@ -239,12 +239,12 @@ def run(settings: Settings, load: Callable[[], Settings]) -> int:
     part could not start (a busy metrics port: one log line, no traceback). SIGHUP reads
     new settings with `load` (the caller's own parsing, so this module needs no CLI)."""
     setup_logging(settings.log_level, settings.log_format)
-    raise_fd_limit()
     try:
         parts = build(settings)
     except StartError as exc:
         log.error("cannot start: %s", exc)
         return 1
+    raise_fd_limit()
     log.info("crowdsec-milter %s starting: socket=%s lapi=%s mode=%s stage=%s%s",
              __version__, settings.socket, mask_url(settings.lapi_url), settings.mode,
              settings.stage,

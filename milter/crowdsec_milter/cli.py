@@ -217,7 +217,7 @@ def _hidden_path(path: str) -> str:
     folder = os.path.dirname(path)
     if folder and folder != "/" and os.path.isdir(folder):
         return path
-    return "(value not shown: no such folder, it may be the key itself)"
+    return "(value not shown: it names no folder that exists, it may be the key itself)"
 
 
 def read_api_key(args: configargparse.Namespace) -> str:

@@ -226,9 +226,10 @@ class _Sink:
             for line in lines:
                 # <14> is facility user, severity info; the tag lets syslog route it.
                 try:
+                    self._sock.settimeout(max(0.0, deadline - time.monotonic()))
                     self._sock.send(b"<14>crowdsec-milter: "
                                     + line.rstrip("\n").encode("utf-8", JSON_ESCAPE))
-                except OSError as exc:
+                except OSError as exc:  # a timeout too: the bound holds for the batch
                     return sent, exc
                 sent += 1
             return sent, None
