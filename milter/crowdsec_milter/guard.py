@@ -51,6 +51,7 @@ SPARE = 20  # a full look waits 20 times its own cost: at most 5 % of a core...
 PRESSED = 4  # ...and 20 % under pressure
 _TCP_INFO_LAST_RECV = 52  # struct tcp_info: tcpi_last_data_recv, u32 milliseconds
 _TCP_INFO_BYTES_RECEIVED = 128  # tcpi_bytes_received, u64 (Linux 4.1 and later)
+_ESTABLISHED = "01"  # the st column of /proc/net/tcp
 
 
 def raise_fd_limit() -> tuple[int, int]:
@@ -230,7 +231,11 @@ class IdleGuard:
 
     def _owners(self, conns: list[Conn]) -> None:
         """Name loopback clients by the user owning the other end (/proc/net/tcp lists
-        it), so one local user's connections are told from Postfix's; others by address."""
+        it), so one local user's connections are told from Postfix's; others by address.
+        An entry counts only if it is an open connection to the milter's port: the same
+        local port may serve other connections, or linger in TIME_WAIT (listed as uid 0)."""
+        assert self._address is not None
+        milter_port = self._address[1]
         owners: dict[tuple[str, int], str] = {}
         for fd in self._proc_net:
             with contextlib.suppress(OSError, ValueError):
@@ -240,7 +245,8 @@ class IdleGuard:
                     chunks.append(chunk)
                 for line in b"".join(chunks).decode("ascii", "replace").splitlines()[1:]:
                     fields = line.split()
-                    if len(fields) > 7:
+                    if len(fields) > 7 and fields[3] == _ESTABLISHED and \
+                            int(fields[2].rpartition(":")[2], 16) == milter_port:
                         owners[_proc_net_address(fields[1])] = fields[7]
         for conn in conns:
             address, _, port = conn.client[3:].rpartition(":")
