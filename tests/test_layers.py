@@ -15,8 +15,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "milter" / "crowdsec_milter"
 # Lowest first. A module may import from any layer below its own, never from its own or
 # above. A new module must be placed here (the test says so).
 LAYERS: list[set[str]] = [
-    {"__init__", "decisions", "tally", "jsonstream", "events", "notify",
-     "signals"},  # data, helpers; what a session says about its client
+    # data, helpers; what a session says about its client
+    {"__init__", "decisions", "tally", "jsonstream", "events", "notify", "signals", "redact",
+     "guard"},
     {"selection"},  # which decisions apply, which action each gets
     {"index", "policy"},  # pure logic over decisions
     # configuration; the LAPI client; what the MTA is asked; MaxMind databases

@@ -20,6 +20,7 @@ import httpx
 from . import __version__
 from .lapi import header_safe
 from .policy import Action, Reply, Stage, parse_networks
+from .redact import MASK, mask_url, remember, scrub
 from .settings import ConfigError, Settings
 
 PROG = "crowdsec-milter"
@@ -56,11 +57,11 @@ _COMMANDS = {
 
 class _Parser(configargparse.ArgParser):
     def error(self, message: str) -> NoReturn:
-        raise ConfigError(message)
+        raise ConfigError(scrub(message))  # `api_key = KEY` comes back as --api_key=KEY
 
 
 def fail(message: str) -> NoReturn:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {scrub(message)}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -230,6 +231,16 @@ def _usable_key(key: str, source: str) -> str:
     return key
 
 
+def _hidden_path(path: str) -> str:
+    """How an --api-key-file that cannot be read is named. A mistaken setup may give the
+    key itself as the path, so the value is shown only when its folder exists (other than
+    `/`, which a key may start with): then it was a path, and the folder is where to look."""
+    folder = os.path.dirname(path)
+    if folder and folder != "/" and os.path.isdir(folder):
+        return path
+    return "(value not shown: it names no folder that exists, it may be the key itself)"
+
+
 def read_api_key(args: configargparse.Namespace) -> str:
     if args.api_key and args.api_key_file:
         raise ConfigError("--api-key and --api-key-file exclude each other: give one")
@@ -240,16 +251,19 @@ def read_api_key(args: configargparse.Namespace) -> str:
                 key = fh.read().strip()
             mode = os.stat(path).st_mode
         except OSError as exc:
-            raise ConfigError(f"--api-key-file {path}: {exc.strerror}") from exc
+            raise ConfigError(f"--api-key-file {_hidden_path(path)}: {exc.strerror}") from exc
         except UnicodeDecodeError as exc:
             raise ConfigError(f"--api-key-file {path}: not text") from exc
         key = _usable_key(key, f"--api-key-file {path}")
+        remember(key)
         if mode & (stat.S_IRWXG | stat.S_IRWXO) & (stat.S_IRGRP | stat.S_IROTH):
             print(f"{PROG}: warning: --api-key-file {path} is readable by other users "
                   "(chmod 600 it)", file=sys.stderr)
         return key
     if args.api_key:
-        return _usable_key(args.api_key.strip(), "--api-key")
+        key = _usable_key(args.api_key.strip(), "--api-key")
+        remember(key)
+        return key
     if args.lapi_cert:
         return ""
     if args.api_key is not None:
@@ -500,7 +514,6 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         fail(str(exc))
 
 
-MASK = "********"
 _SECRET = ("api_key",)  # shown masked, whatever its source
 # Options whose default lives in Settings (their argparse default is None).
 _LIST_DEFAULTS = {"action": [f"{t}={a}" for t, a in Settings().actions],
@@ -523,7 +536,8 @@ def _show(value: object) -> str:
 
 def config_lines(parser: configargparse.ArgParser, args: configargparse.Namespace) -> list[str]:
     """`key = value (source)` for every option, in --help order: what flags, variables,
-    config file and defaults add up to. The key is masked; its file is just a path."""
+    config file and defaults add up to. The key is masked, and so is the user:password
+    part of a URL; the key's file is just a path."""
     sources = parser.get_source_to_settings_dict()
     where: dict[int, str] = {}
     for section, settings in sources.items():
@@ -548,7 +562,7 @@ def config_lines(parser: configargparse.ArgParser, args: configargparse.Namespac
             source = "default" if value == action.default else "flag"
         if value is None and action.dest in _LIST_DEFAULTS:
             value = _LIST_DEFAULTS[action.dest]
-        shown = MASK if action.dest in _SECRET and value else _show(value)
+        shown = MASK if action.dest in _SECRET and value else mask_url(_show(value))
         lines.append(f"{longs[-1][2:]} = {shown} ({source})")
     return lines
 
