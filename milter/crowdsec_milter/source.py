@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from cachetools import TLRUCache
 
 from .decisions import (
+    ACCOUNT_SCOPE,
     WIDEST_RANGE,
     Decision,
     DecisionError,
@@ -73,7 +74,11 @@ class Source(Protocol):
     def lookup(self, family: int, number: int, text: str,
                complete: bool = True) -> list[Decision] | None: ...
 
+    def lookup_account(self, user: str) -> list[Decision] | None: ...
+
     def stats(self) -> SourceStats: ...
+
+    def locate(self, ip: str) -> tuple[str, str]: ...
 
     def start(self) -> None: ...
 
@@ -232,6 +237,13 @@ class _LapiSource:
         # told after each stream pull: (applied, decisions held); systemd's READY and
         # STATUS. A live source pulls nothing, so never calls it.
         self.on_pull: Callable[[bool, int], None] | None = None
+        self._geo: Geo | None = None
+
+    def locate(self, ip: str) -> tuple[str, str]:
+        """(country, AS) of an address from the databases given ('' for what is unknown):
+        the auth_session event's place."""
+        place = self._geo.locate(ip) if self._geo is not None else None
+        return place or ("", "")
 
 
 class StreamSource(_LapiSource):
@@ -240,12 +252,15 @@ class StreamSource(_LapiSource):
     def __init__(self, client: LapiClient, update_frequency: float, *,
                  resync_interval: float = 3600.0,
                  clock: Callable[[], float] = time.monotonic,
-                 geo: Geo | None = None, widest: tuple[int, int] = WIDEST_RANGE) -> None:
+                 geo: Geo | None = None, widest: tuple[int, int] = WIDEST_RANGE,
+                 accounts: bool = False) -> None:
         super().__init__(client, clock)
         self._wide = WideRanges(widest)
-        # Country and AS decisions, asked of LAPI only for the scopes a database can match
+        # Country and AS decisions, asked of LAPI only for the scopes a database can match;
+        # account (username) decisions unless account checks are off
         self._geo = geo
-        self._scopes = ",".join(("ip", "range", *geo.scopes)) if geo and geo.scopes else ""
+        extra = (*(geo.scopes if geo else ()), *((ACCOUNT_SCOPE,) if accounts else ()))
+        self._scopes = ",".join(("ip", "range", *extra)) if extra else ""
         self._scoped = ScopedDecisions()
         self._every = update_frequency
         self._resync_interval = resync_interval
@@ -288,16 +303,22 @@ class StreamSource(_LapiSource):
                 found = sorted(found + extra, key=lambda d: (d.severity, -d.expires))
         return found
 
+    def lookup_account(self, user: str) -> list[Decision] | None:
+        """The unexpired decisions on a login, or None before the first sync."""
+        if not self._synced:
+            return None
+        return self._scoped.lookup(ACCOUNT_SCOPE, user, self._clock())
+
     def _items(self, startup: bool) -> Iterator[tuple[str, Any]]:
-        """One pull's items, asking for Country and AS decisions only where they are used
-        (LAPI's default scopes are ip,range)."""
+        """One pull's items, asking for Country, AS and account decisions only where they
+        are used (LAPI's default scopes are ip,range)."""
         if self._scopes:
             return self._client.stream_items(startup, self._scopes)
         return self._client.stream_items(startup)
 
     @property
     def scoped_count(self) -> int:
-        """Country and AS decisions held."""
+        """Country, AS and account decisions held."""
         return len(self._scoped)
 
     def stats(self) -> SourceStats:
@@ -351,7 +372,7 @@ class StreamSource(_LapiSource):
         arrives and swapped in whole once it is all good; LapiError if it is not."""
         log.info("stream resync: pulling every active decision")
         fresh = DecisionIndex(private=True)  # nobody reads it yet: grown in place
-        fresh_scoped = ScopedDecisions() if self._geo is not None else None
+        fresh_scoped = ScopedDecisions() if self._scopes else None
         fresh_wide = self._wide.fresh()
         count = _Counter()
         seen = 0
@@ -382,7 +403,7 @@ class StreamSource(_LapiSource):
         A half-applied delta never lasts: the failed pull makes the next one a full resync,
         which replaces the index."""
         index = self._index
-        scoped = self._scoped if self._geo is not None else None
+        scoped = self._scoped if self._scopes else None
         count = _Counter()
         added = deleted = 0
         with index.lock:
@@ -485,10 +506,12 @@ class LiveSource(_LapiSource):
 
     def __init__(self, client: LapiClient, cache_ttl: float, *, timeout: float,
                  maxsize: int = 100_000, clock: Callable[[], float] = time.monotonic,
-                 geo: Geo | None = None, widest: tuple[int, int] = WIDEST_RANGE) -> None:
+                 geo: Geo | None = None, widest: tuple[int, int] = WIDEST_RANGE,
+                 accounts: bool = False) -> None:
         super().__init__(client, clock)
         self._wide = WideRanges(widest)
         self._geo = geo  # also asks for the address's Country and AS decisions
+        self._accounts = accounts
         self._ttl = cache_ttl
         self._timeout = timeout
         self._cache: TLRUCache = TLRUCache(maxsize=maxsize, ttu=self._ttu, timer=clock)
@@ -556,6 +579,14 @@ class LiveSource(_LapiSource):
             found.sort(key=lambda d: (d.severity, -d.expires))
         return Partial(found) if unknown else found
 
+    def lookup_account(self, user: str) -> list[Decision] | None:
+        """LAPI's decisions on a login (`scopes=username&value=...`), cached like an
+        address's; [] with account checks off."""
+        if not self._accounts:
+            return []
+        return self._cached(f"{ACCOUNT_SCOPE}:{user}",
+                            lambda: self._client.query_scope(ACCOUNT_SCOPE, user))
+
     def _cached(self, key: str, ask: Callable[[], list[Any]]) -> list[Decision] | None:
         """The cached answer under `key`, or one request (`ask`) shared by every lookup of
         it that comes meanwhile."""
@@ -610,7 +641,7 @@ class LiveSource(_LapiSource):
                     continue
                 value = network_text(net.family, net.prefixlen, net.number, decision.scope)
                 found[decision.id, net] = decision._replace(value=value)
-            elif self._geo is not None:
+            elif self._geo is not None or self._accounts:
                 geo = count.parse_scoped(item, now)
                 if geo is not None:
                     scoped[geo.id] = geo
