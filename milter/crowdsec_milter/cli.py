@@ -58,7 +58,8 @@ _COMMANDS = {
 
 class _Parser(configargparse.ArgParser):
     def error(self, message: str) -> NoReturn:
-        raise ConfigError(scrub(message))  # `api_key = KEY` comes back as --api_key=KEY
+        # configargparse 1.5 (Debian 12) hands a bad config file's exception, not its text.
+        raise ConfigError(scrub(str(message)))  # `api_key = KEY` comes back as --api_key=KEY
 
 
 def fail(message: str) -> NoReturn:
