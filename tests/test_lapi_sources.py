@@ -37,7 +37,8 @@ def test_headers_and_null_lists(fake_lapi: tuple[FakeLapi, str]) -> None:
     _, query, headers = lapi.requests[-1]
     assert query["startup"] == ["true"]
     assert headers["X-Api-Key"] == "test-key"
-    assert headers["User-Agent"] == f"crowdsec-milter/{__version__}"
+    # CrowdSec's bouncer guidelines: crowdsec-<name>-bouncer/vX.Y.Z
+    assert headers["User-Agent"] == f"crowdsec-milter-bouncer/v{__version__}"
     assert client(url).query("192.0.2.1") == []
 
 

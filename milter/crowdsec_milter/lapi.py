@@ -28,7 +28,8 @@ import httpx
 from . import __version__
 from .jsonstream import StreamFormatError, iter_arrays, iter_list
 
-USER_AGENT = f"crowdsec-milter/{__version__}"
+# CrowdSec's bouncer guidelines name a bouncer crowdsec-<name>-bouncer/vX.Y.Z toward LAPI.
+USER_AGENT = f"crowdsec-milter-bouncer/v{__version__}"
 # An API key travels as a header value: printable ASCII, spaces only inside.
 _HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 
