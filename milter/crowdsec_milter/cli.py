@@ -6,8 +6,10 @@ one line naming the option and exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import grp
 import io
 import os
+import pwd
 import re
 import stat
 import sys
@@ -209,6 +211,24 @@ def _usable_key(key: str, source: str) -> str:
     return key
 
 
+def _readable_by_others(mode: int, gid: int) -> bool:
+    """True when a user other than this one can read a key file of this mode and group.
+    Group read is no leak when the group is this user's own private group (the Debian
+    package's key is root:crowdsec-milter 0640, read by the milter running as that user)."""
+    if mode & stat.S_IROTH:
+        return True
+    if not mode & stat.S_IRGRP:
+        return False
+    if gid != os.getegid():
+        return True
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        group = grp.getgrgid(gid)
+    except KeyError:
+        return True
+    return group.gr_name != user or not set(group.gr_mem) <= {user}
+
+
 def read_api_key(args: configargparse.Namespace) -> str:
     if args.api_key and args.api_key_file:
         raise ConfigError("--api-key and --api-key-file exclude each other: give one")
@@ -217,13 +237,14 @@ def read_api_key(args: configargparse.Namespace) -> str:
         try:
             with open(path, encoding="utf-8") as fh:
                 key = fh.read().strip()
-            mode = os.stat(path).st_mode
+            st = os.stat(path)
+            mode, gid = st.st_mode, st.st_gid
         except OSError as exc:
             raise ConfigError(f"--api-key-file {path}: {exc.strerror}") from exc
         except UnicodeDecodeError as exc:
             raise ConfigError(f"--api-key-file {path}: not text") from exc
         key = _usable_key(key, f"--api-key-file {path}")
-        if mode & (stat.S_IRWXG | stat.S_IRWXO) & (stat.S_IRGRP | stat.S_IROTH):
+        if _readable_by_others(mode, gid):
             print(f"{PROG}: warning: --api-key-file {path} is readable by other users "
                   "(chmod 600 it)", file=sys.stderr)
         return key
