@@ -24,5 +24,6 @@ def test_unit_is_the_repositorys_with_execstart_in_usr_bin() -> None:
     rules = (DEBIAN / "rules").read_text(encoding="utf-8")
     unit = (DEBIAN.parent / "conf/systemd/crowdsec-milter.service").read_text(encoding="utf-8")
     # debian/rules rewrites exactly this line; the package must not carry a unit of its own
-    assert "ExecStart=/usr/local/bin/crowdsec-milter -c /etc/crowdsec-milter/crowdsec-milter.conf\n" in unit
+    assert ("ExecStart=/usr/local/bin/crowdsec-milter -c "
+            "/etc/crowdsec-milter/crowdsec-milter.conf\n") in unit
     assert "conf/systemd/crowdsec-milter.service > debian/crowdsec-milter.service" in rules
