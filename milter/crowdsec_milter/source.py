@@ -30,6 +30,7 @@ from .decisions import (
 from .geo import Geo, ScopedDecisions
 from .index import DecisionIndex
 from .lapi import LapiClient, LapiError
+from .state import Loaded, StateFile
 
 log = logging.getLogger("crowdsec_milter.source")
 
@@ -174,8 +175,11 @@ class StreamSource(_LapiSource):
     def __init__(self, client: LapiClient, update_frequency: float, *,
                  resync_interval: float = 3600.0,
                  clock: Callable[[], float] = time.monotonic,
-                 geo: Geo | None = None) -> None:
+                 geo: Geo | None = None, state: StateFile | None = None) -> None:
         super().__init__(client, clock)
+        # the last good decisions on disk: loaded at start, written after changes
+        self._state = state
+        self._dirty = False  # the index changed since the state file was last written
         # Country and AS decisions, asked of LAPI only for the scopes a database can match
         self._geo = geo
         self._scopes = ",".join(("ip", "range", *geo.scopes)) if geo and geo.scopes else ""
@@ -294,6 +298,7 @@ class StreamSource(_LapiSource):
         self._index = fresh  # swapped whole: readers see the old index or the new one
         if fresh_scoped is not None:
             self._scoped = fresh_scoped
+        self._dirty = True
         self._last_startup = done
         self._need_startup = False
         log.info("stream resync: %d decision(s) held", len(fresh))
@@ -316,6 +321,7 @@ class StreamSource(_LapiSource):
                     deleted += _delete(item, now, index, scoped)
         count.report(self._counts)
         if added or deleted:
+            self._dirty = True
             log.info("stream delta: %d new, %d deleted, %d held", added, deleted, len(index))
 
     def _accept_resync(self, fresh: int, now: float) -> bool:
@@ -367,10 +373,42 @@ class StreamSource(_LapiSource):
                     self.on_pull(ok, len(self._index))
                 except Exception:
                     log.exception("unexpected error reporting a pull")
+            self._persist(final=False)
             delay = self._every if ok else min(max(delay * 2, self._every), 60.0)
             self._stop.wait(delay)
+        self._persist(final=True)
+
+    def _persist(self, final: bool) -> None:
+        """Write the state file after pulls that changed the index: when its pacing allows,
+        and at stop whatever is left. Runs in the puller, the index's only writer, so the
+        file is one consistent set; lookups take no lock and go on meanwhile."""
+        if self._state is None or not self._dirty or not (final or self._state.due()):
+            return
+        try:
+            saved = self._state.save(self._index,
+                                     self._scoped.all() if self._geo is not None else [])
+        except Exception:  # a bug here must not kill the puller
+            log.exception("unexpected error writing the state file")
+            saved = False
+        self._dirty = not saved
+
+    def restore(self, loaded: Loaded) -> None:
+        """Enforce decisions read back from the state file until the first good pull
+        replaces them (that pull is a full resync: nothing from the file outlives it)."""
+        self._index = loaded.index
+        if self._geo is not None:
+            scoped = ScopedDecisions()
+            for decision in loaded.scoped:
+                scoped.add(decision)
+            self._scoped = scoped
+        self._synced = True
 
     def start(self) -> None:
+        """Load the state file (before the MTA can ask anything), then start pulling."""
+        if self._state is not None:
+            loaded = self._state.load()
+            if loaded is not None:
+                self.restore(loaded)
         self._thread = threading.Thread(target=self.run, name="lapi-stream", daemon=True)
         self._thread.start()
 
