@@ -19,12 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import decisions  # noqa: E402
-
-from crowdsec_milter.decisions import parse_address  # noqa: E402
-from crowdsec_milter.index import DecisionIndex  # noqa: E402
-from crowdsec_milter.source import _add, _Counter  # noqa: E402
-from crowdsec_milter.state import StateFile  # noqa: E402
+from common import decisions
+from crowdsec_milter.decisions import parse_address
+from crowdsec_milter.index import DecisionIndex
+from crowdsec_milter.source import _add, _Counter
+from crowdsec_milter.state import StateFile
 
 
 def build(n_ip: int, n_range: int) -> tuple[DecisionIndex, list[str]]:
