@@ -3,7 +3,11 @@
 A real LAPI (CrowdSec 1.4.6 from Debian) gets random adds, deletes (by value and by id),
 re-adds with shorter durations, short decisions that expire on their own, and restarts;
 every few seconds every address is asked of the running milter (milter protocol, as an
-MTA asks) and compared with what `cscli decisions list` says at that moment.
+MTA asks) and compared with what LAPI holds at that moment: every decision of `cscli alerts
+list -o json` still running, cross-checked each round with LAPI's bouncer API (`GET
+/v1/decisions`, with a bouncer key of its own). Not `cscli decisions list`: CrowdSec
+1.4.6's shows one decision per value, the newest ("N duplicated entries skipped"), so a
+short ban added beside a long one hides the long one, which LAPI still hands to bouncers.
 
 A mismatch is excused while the truth of that address changed less than one window ago
 (`window`: the pull interval or cache TTL, plus a grace for the pull itself): that is the
@@ -29,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from milter_process import MilterProcess, verdict
 from real_crowdsec import CrowdSec
 
@@ -72,6 +77,7 @@ class Report:
     banned_seen: int = 0  # comparisons where LAPI said banned
 
     outage_excused: int = 0  # of `excused`: near a LAPI outage
+    truth_disagreements: int = 0  # rounds where cscli and LAPI's bouncer API differed
 
     @property
     def max_excused_age(self) -> float:
@@ -93,6 +99,8 @@ class Report:
         if ages:
             out.append("  catch-up ages of the mismatches within the window (s): " + " ".join(
                 f"{a:.2f}" for a in ages[:: max(1, len(ages) // 15)]) + f" max {ages[-1]:.2f}")
+        out.append(f"  rounds where `cscli alerts list` and LAPI's GET /v1/decisions "
+                   f"disagreed: {self.truth_disagreements}")
         if self.skipped_down:
             out.append(f"  not compared while LAPI was down (live mode answers "
                        f"--on-lapi-error): {self.skipped_down}")
@@ -114,6 +122,8 @@ class Churn:
         self.window = interval + grace
         self.cs = CrowdSec(workdir / "cs").start()
         key = self.cs.add_bouncer(f"drift-{mode}")
+        # asks LAPI what it tells bouncers; never the milter's key (a GET moves a cursor)
+        self.truth_key = self.cs.add_bouncer("drift-truth")
         (workdir / "milter").mkdir(parents=True, exist_ok=True)
         args = ["--mode", mode, "--update-frequency", str(interval),
                 "--cache-ttl", str(interval), "--event-log", "none"]
@@ -130,19 +140,26 @@ class Churn:
     # -- LAPI side ---------------------------------------------------------------------
 
     def truth(self) -> list[dict[str, Any]]:
-        """Active ban decisions per `cscli decisions list`, each with the latest unix
-        time it can expire (`expires`) and the earliest (`expires_lo`)."""
+        """Active ban decisions per `cscli alerts list` (those with time left), each with
+        the latest unix time it can expire (`expires`) and the earliest (`expires_lo`);
+        checked against LAPI's bouncer API."""
         start = time.time()
-        raw = self.cs.cscli("decisions", "list", "-o", "json", "--limit", "0").strip()
+        raw = self.cs.cscli("alerts", "list", "-o", "json", "--limit", "0").strip()
         end = time.time()
         alerts = json.loads(raw) if raw and raw != "null" else []
         found = []
         for alert in alerts or []:
             for d in alert.get("decisions") or []:
-                if d.get("type") != "ban":
-                    continue
                 left = _seconds(d["duration"])
+                if d.get("type") != "ban" or left <= 0:
+                    continue
                 found.append({**d, "expires": end + left, "expires_lo": start + left})
+        answer = httpx.get(self.cs.lapi_url + "v1/decisions",
+                           headers={"X-Api-Key": self.truth_key}, timeout=10).json() or []
+        told = {d["id"] for d in answer if _seconds(d["duration"]) > 1.0}
+        listed = {d["id"] for d in found if d["expires_lo"] - time.time() > 1.0}
+        if told - {d["id"] for d in found} or listed - {d["id"] for d in answer}:
+            self.report.truth_disagreements += 1
         for d in found:  # its expiry is a change for what it covers
             self._changed(d["value"], d["expires"])
         self.last_truth = found
@@ -196,6 +213,7 @@ class Churn:
 
     def restart_lapi(self, down: float, check: Callable[[], None]) -> None:
         """LAPI stopped for `down` seconds (checks go on meanwhile), then started."""
+        self.truth()  # the truth the checks use while LAPI is down
         went = time.time()
         outage = [went, float("inf")]
         self.outages.append(outage)

@@ -34,6 +34,17 @@ from .state import Loaded, StateFile
 
 log = logging.getLogger("crowdsec_milter.source")
 
+# Full resyncs come every --resync-interval at the latest, and as often as every
+# AUDIT_MIN seconds while one costs little: at most 1/AUDIT_SHARE of the time (a 15k
+# blocklist: every minute; 1M decisions, 7 s a pull: every 6 minutes). CrowdSec 1.4.6 can
+# leave a decision out of every delta (one committed while a pull ran: its created_at falls
+# before the cursor that pull set); only a full pull brings it (integration/test_drift.py
+# caught a ban held by LAPI and missing here until the hourly resync). LAPI's ids only
+# grow, so a delta bringing a higher id while one in between never came is the sign of
+# such a loss: the next pull is then a full one, within the same cost share.
+AUDIT_MIN = 60.0
+AUDIT_SHARE = 50
+
 
 @dataclass(frozen=True)
 class SourceStats:
@@ -190,6 +201,9 @@ class StreamSource(_LapiSource):
         self._synced = False
         self._need_startup = True
         self._last_startup = 0.0
+        self._resync_took = 0.0  # seconds the last full resync took
+        self._max_id = 0  # the highest decision id LAPI has sent (0: none yet)
+        self._gap = False  # an id below it never came: a resync is due
         self._last_sweep = 0.0
         self._last_error_kind = ""
         # decisions in a full answer that would have dropped most of those held, kept
@@ -250,7 +264,9 @@ class StreamSource(_LapiSource):
         now = self._clock()
         self._counts.requests += 1
         try:
-            if self._need_startup or now - self._last_startup >= self._resync_interval:
+            since = now - self._last_startup
+            if self._need_startup or since >= self._resync_every() or \
+                    (self._gap and since >= AUDIT_SHARE * self._resync_took):
                 self._resync(now)
             else:
                 self._delta(now)
@@ -275,6 +291,10 @@ class StreamSource(_LapiSource):
         self._counts.last_good = now
         return True
 
+    def _resync_every(self) -> float:
+        """Seconds between full resyncs (see AUDIT_MIN)."""
+        return min(self._resync_interval, max(AUDIT_MIN, AUDIT_SHARE * self._resync_took))
+
     def _resync(self, now: float) -> None:
         """Every active decision (`startup=true`) into a new index, built while the answer
         arrives and swapped in whole once it is all good; LapiError if it is not."""
@@ -283,7 +303,11 @@ class StreamSource(_LapiSource):
         fresh_scoped = ScopedDecisions() if self._geo is not None else None
         count = _Counter()
         seen = 0
+        top = 0
         for key, item in self._items(True):
+            ident = item.get("id") if item.__class__ is dict else None
+            if ident.__class__ is int and ident > top:  # type: ignore[operator]
+                top = ident  # type: ignore[assignment]
             if key == "new":
                 _add(item, now, fresh, count, fresh_scoped)
                 seen += 1
@@ -291,6 +315,7 @@ class StreamSource(_LapiSource):
                     log.info("stream resync: %d decisions read so far", seen)
         count.report(self._counts)
         done = self._clock()
+        self._resync_took = max(done - now, 0.0)
         if not self._accept_resync(len(fresh), done):
             self._need_startup = True  # the next update pulls everything again
             return
@@ -301,6 +326,8 @@ class StreamSource(_LapiSource):
         self._dirty = True
         self._last_startup = done
         self._need_startup = False
+        self._max_id = top
+        self._gap = False
         log.info("stream resync: %d decision(s) held", len(fresh))
 
     def _delta(self, now: float) -> None:
@@ -312,17 +339,36 @@ class StreamSource(_LapiSource):
         scoped = self._scoped if self._geo is not None else None
         count = _Counter()
         added = deleted = 0
+        ids = []
         with index.lock:
             for key, item in self._items(False):
+                ident = item.get("id") if item.__class__ is dict else None
+                if ident.__class__ is int and ident > self._max_id:  # type: ignore[operator]
+                    ids.append(ident)
                 if key == "new":
                     _add(item, now, index, count, scoped)
                     added += 1
                 else:
                     deleted += _delete(item, now, index, scoped)
         count.report(self._counts)
+        self._note_ids(ids)
         if added or deleted:
             self._dirty = True
             log.info("stream delta: %d new, %d deleted, %d held", added, deleted, len(index))
+
+    def _note_ids(self, ids: list[int]) -> None:
+        """Ids above the highest seen so far, from one delta: a hole among them means a
+        decision no delta will bring (see AUDIT_MIN)."""
+        if not ids:
+            return
+        top = max(ids)
+        missing = top - self._max_id - len(set(ids))
+        if missing > 0 and self._max_id and not self._gap:
+            log.info("stream delta: %d decision id(s) below %d never came; a full resync "
+                     "follows (LAPI can leave out a decision committed during a pull)",
+                     missing, top)
+            self._gap = True
+        self._max_id = top
 
     def _accept_resync(self, fresh: int, now: float) -> bool:
         """Whether a full answer of `fresh` decisions may replace those held.
