@@ -13,7 +13,7 @@ names it), then a trailer; the sizes are little-endian:
     head                          JSON: format, saved (unix time), clock, byteorder, metas
                                   ([type, scope, origin, scenario] by slot), buckets and
                                   decisions (IPv4 /32 counts), tables ([family, prefix
-                                  length, count] each), scoped (Country and AS decisions,
+                                  length, count] each), scoped (Country, AS, account decisions,
                                   [id, type, scope, value, origin, scenario, expiry as
                                   unix time])
     IPv4 /32 decisions            bucket tops (2 bytes each), decisions per bucket (4),
@@ -51,7 +51,7 @@ from array import array
 from collections.abc import Callable
 from typing import NamedTuple
 
-from .decisions import Decision
+from .decisions import ACCOUNT_SCOPE, Decision
 from .index import DecisionIndex, Export, Restore
 
 log = logging.getLogger("crowdsec_milter.state")
@@ -230,7 +230,7 @@ def decode(data: bytes, wall: float, mono: float) -> Loaded:
         raise StateError(f"corrupt: {exc}") from None
     scoped = []
     for ident, dtype, scope, value, origin, scenario, expires in scoped_rows:
-        if scope not in ("Country", "AS") or not math.isfinite(expires):
+        if scope not in ("Country", "AS", ACCOUNT_SCOPE) or not math.isfinite(expires):
             raise StateError(f"corrupt: scoped decision {ident} on {scope!r:.20}")
         local = expires - now_clock / 10.0
         if local > mono:
