@@ -116,7 +116,8 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
     p.add_argument("--update-frequency", type=float, default=d.update_frequency,
                    help="stream mode: seconds between pulls")
     p.add_argument("--resync-interval", type=float, default=d.resync_interval,
-                   help="stream mode: seconds between full resyncs (startup=true)")
+                   help="stream mode: seconds between full resyncs (startup=true) at the "
+                        "latest; they come as often as every 60 s while cheap")
     p.add_argument("--state-file", default=d.state_file, metavar="PATH",
                    help="stream mode: file keeping the last good decisions, written after "
                         "pulls that changed something (at most every 30 s) and at stop, "
