@@ -298,3 +298,16 @@ def test_nothing_is_written_when_nothing_changed(fake_lapi: tuple[FakeLapi, str]
     assert not src.pull_once()
     src._persist(final=True)
     assert path.stat().st_mtime_ns == first
+
+
+def test_the_option_none_empty_and_a_folder(tmp_path: Path) -> None:
+    from crowdsec_milter.cli import load
+    from crowdsec_milter.settings import ConfigError
+
+    assert load(["--api-key", "k"]).state_file == "/var/lib/crowdsec-milter/decisions.state"
+    assert load(["--api-key", "k", "--state-file", "none"]).state_file == ""
+    assert load(["--api-key", "k", "--state-file", ""]).state_file == ""
+    assert load(["--api-key", "k", "--state-file", str(tmp_path / "s")]).state_file == \
+        str(tmp_path / "s")
+    with pytest.raises(ConfigError, match=r"--state-file .*: is a folder"):
+        load(["--api-key", "k", "--state-file", str(tmp_path)])
