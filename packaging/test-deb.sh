@@ -104,9 +104,11 @@ getent passwd crowdsec-milter | grep -q ':/nonexistent:/usr/sbin/nologin$' || fa
 getent group crowdsec-milter > /dev/null || fail "group"
 [ "$(stat -c '%U:%G %a' /var/log/crowdsec-milter)" = "crowdsec-milter:crowdsec-milter 755" ] \
     || fail "log folder: $(stat -c '%U:%G %a' /var/log/crowdsec-milter)"
+[ "$(stat -c '%U:%G %a' /var/lib/crowdsec-milter)" = "crowdsec-milter:crowdsec-milter 700" ] \
+    || fail "state folder: $(stat -c '%U:%G %a' /var/lib/crowdsec-milter)"
 [ "$(stat -c '%U:%G %a' /etc/crowdsec-milter/key)" = "root:crowdsec-milter 640" ] \
     || fail "key file: $(stat -c '%U:%G %a' /etc/crowdsec-milter/key)"
-bouncer=$(cat /var/lib/crowdsec-milter/bouncer)
+bouncer=$(cat /var/lib/crowdsec-milter-package/bouncer)
 cscli bouncers list -o raw | grep -q "^$bouncer," || fail "bouncer $bouncer not in cscli bouncers list"
 dpkg-query --control-show crowdsec-milter conffiles | grep -qx '/etc/crowdsec-milter/crowdsec-milter.conf' \
     || fail "the config is no conffile"
