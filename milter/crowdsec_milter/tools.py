@@ -29,9 +29,8 @@ from .decisions import (
     parse_scoped_decision,
 )
 from .lapi import LapiError
-from .policy import Action, Stage
+from .policy import Action, Stage, tag_value
 from .selection import Selection
-from .session import tag_value
 from .settings import Settings
 from .source import LiveSource
 from .wiring import make_client, make_geo, make_policy
