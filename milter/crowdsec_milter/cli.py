@@ -153,7 +153,8 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
                    help="MaxMind DB file giving an address's AS number (GeoLite2-ASN "
                         "layout): enforces AS decisions; off by default")
     p.add_argument("--stage", choices=[s.value for s in Stage], default=str(d.stage),
-                   help="where a banned client is answered")
+                   help="where a banned client is answered (helo: at MAIL for a client "
+                        "that skips HELO)")
     for name, reply in (("reject", d.reject_reply), ("tempfail", d.tempfail_reply),
                         ("drop", d.drop_reply), ("unavailable", d.unavailable_reply)):
         p.add_argument(f"--{name}-reply", default=f"{reply.code} {reply.xcode} {reply.text}",
@@ -165,12 +166,14 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
     p.add_argument("--dry-run", action="store_true", help="decide and log, but block nobody")
     p.add_argument("--always-allow-rcpt", action="append", default=None, metavar="PATTERN",
                    help="with --stage rcpt, recipients let through even for banned clients "
-                        "(repeatable, shell-style) [default: postmaster@* abuse@*]")
+                        "(repeatable, shell-style; an unqualified Postmaster always is) "
+                        "[default: postmaster@* abuse@*]")
     p.add_argument("--exempt-authenticated", action="store_true",
                    help="never block a session whose client authenticated (SMTP AUTH: the "
                         "{auth_authen} macro, sent at MAIL); needs --stage mail or rcpt")
     p.add_argument("--trap-rcpt", action="append", default=None, metavar="PATTERN",
-                   help="spam-trap recipients (repeatable, shell-style): a RCPT to one "
+                   help="spam-trap recipients (repeatable, shell-style; matched without "
+                        "quotes, source route, trailing dot or case): a RCPT to one "
                         "writes a rcpt_trap event; the MTA's answer is not changed")
     p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
                    help="serve Prometheus /metrics and /health here, IPv4 or IPv6 "
