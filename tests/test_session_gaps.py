@@ -5,18 +5,14 @@ callbacks the milter asked for are made, and a no-reply callback's answer is ign
 from __future__ import annotations
 
 import dataclasses
-import email.message
-import email.utils
 from pathlib import Path
 from typing import Any
 
 import Milter
 import pytest
-from crowdsec_milter import policy
-from crowdsec_milter.decisions import Decision
 from crowdsec_milter.events import EventWriter
 from crowdsec_milter.policy import Action, Reply, Stage
-from crowdsec_milter.session import session_class, tag_value
+from crowdsec_milter.session import session_class
 from crowdsec_milter.settings import Settings
 from crowdsec_milter.tally import Tally
 from crowdsec_milter.wiring import make_context
@@ -123,42 +119,6 @@ class BrokenReply(Mta):
         raise milter.error("cannot set reply")
 
 
-def test_the_policy_knows_libmilters_limit() -> None:
-    assert policy.REPLY_LIMIT == REPLY_LIMIT  # type: ignore[attr-defined]
-
-
-@pytest.mark.parametrize("filler", ["é", "%", "x"])
-def test_a_filled_reply_is_cut_to_the_limit_in_bytes(filler: str) -> None:
-    # fits in characters, not in bytes (é is two bytes, % is sent doubled)
-    template = "%(scenario)s " + "x" * (REPLY_LIMIT - 150)
-    reply = Reply.parse(f"550 5.7.1 {template}", "5")
-    code, xcode, text = reply.render({"ip": BANNED, "type": "ban", "scenario": filler * 100,
-                                      "origin": "crowdsec"})
-    assert (code, xcode) == ("550", "5.7.1")
-    assert len(text.encode()) <= REPLY_LIMIT
-    assert text.startswith((filler * 2 if filler == "%" else filler) * 10)
-    # never a lone '%' (pymilter refuses it) nor half a character
-    assert "%" not in text.replace("%%", "")
-    text.encode("utf-8", "strict")
-
-
-def test_a_reply_at_the_limit_is_kept_whole_and_one_byte_over_is_cut() -> None:
-    text = "x" * (REPLY_LIMIT - 2) + "é"
-    assert Reply.parse(f"550 {text}", "5").render({"ip": BANNED})[2] == text
-    over = Reply.parse(f"550 {'x' * (REPLY_LIMIT - 1)}%(ip)s", "5").render({"ip": "é"})
-    assert over[2] == "x" * (REPLY_LIMIT - 1)
-
-
-def test_a_template_that_can_never_fit_is_refused() -> None:
-    assert Reply.parse("550 " + "x" * REPLY_LIMIT, "5").text == "x" * REPLY_LIMIT
-    with pytest.raises(ValueError, match="980"):
-        Reply.parse("550 5.7.1 " + "x" * (REPLY_LIMIT + 1), "5")
-    with pytest.raises(ValueError, match="980"):  # two bytes a character
-        Reply.parse("550 5.7.1 " + "é" * (REPLY_LIMIT // 2 + 1), "5")
-    with pytest.raises(ValueError, match="980"):  # '%' goes out doubled
-        Reply.parse("550 5.7.1 " + "%%" * (REPLY_LIMIT // 2 + 1), "5")
-
-
 def test_a_banned_client_with_a_long_scenario_gets_the_reject_through_libmilter() -> None:
     src = IndexSource()
     src.add(1, BANNED, scenario="é" * 100)
@@ -241,28 +201,3 @@ def test_a_lookalike_is_not_a_trap(tmp_path: Path) -> None:
         mta._envrcpt(rcpt)
     writer.stop()
     assert not [e for e in read_events(tmp_path / "events.log") if e["event"] == "rcpt_trap"]
-
-
-# -- defect 14: the tag header parses back to the decision's own fields -----------------
-
-
-@pytest.mark.parametrize("scenario", [
-    "evil; origin=crowdsec", 'a "quoted"; scope=Range; value=0.0.0.0/0', "back\\slash;",
-    "x=y", "", "plain/scenario"])
-def test_a_hostile_scenario_cannot_add_fields_to_the_tag_header(scenario: str) -> None:
-    d = Decision(1, "ban", "Ip", "192.0.2.1", "CAPI", scenario, 0.0)
-    value = tag_value(d)
-    message = email.message.Message()
-    message["X-CrowdSec-Decision"] = value
-    params = message.get_params(header="X-CrowdSec-Decision")
-    assert params is not None
-    assert params[0] == ("ban", "")
-    parsed = {k: email.utils.collapse_rfc2231_value(v) for k, v in params[1:]}
-    assert parsed == {"origin": "CAPI", "scenario": scenario, "scope": "Ip",
-                      "value": "192.0.2.1"}
-
-
-def test_plain_tag_values_stay_unquoted() -> None:
-    d = Decision(1, "ban", "Ip", "192.0.2.1", "cscli", "crowdsecurity/web-scan", 0.0)
-    assert tag_value(d) == ("ban; origin=cscli; scenario=crowdsecurity/web-scan; "
-                            "scope=Ip; value=192.0.2.1")
