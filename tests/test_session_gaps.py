@@ -95,6 +95,21 @@ def test_stage_helo_still_decides_at_helo_and_lets_a_clean_client_go(
         writer.stop()
 
 
+@pytest.mark.parametrize("sensor", [False, True], ids=["bouncer", "sensor"])
+def test_stage_helo_asks_for_mail_with_a_reply(tmp_path: Path, sensor: bool) -> None:
+    """What it costs: one more callback, MAIL, which a clean client that sent HELO never
+    reaches in bouncer mode (ACCEPT at HELO ends the milter's part in the connection)."""
+    writer = started_writer(tmp_path / "events.log") if sensor else None
+    mta = mta_for(Stage.HELO, writer)
+    mta._negotiate()
+    assert not mta._protocol & (Milter.P_NOHELO | Milter.P_NR_HELO)
+    assert not mta._protocol & (Milter.P_NOMAIL | Milter.P_NR_MAIL)
+    if writer is None:
+        assert mta._connect(ip="192.0.2.1") == Milter.ACCEPT
+    else:
+        writer.stop()
+
+
 # -- defect 4: replies that libmilter cannot take ----------------------------------------
 
 
