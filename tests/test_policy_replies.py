@@ -208,3 +208,26 @@ def test_plain_tag_values_stay_unquoted() -> None:
     d = Decision(1, "ban", "Ip", "192.0.2.1", "cscli", "crowdsecurity/web-scan", 0.0)
     assert tag_value(d) == ("ban; origin=cscli; scenario=crowdsecurity/web-scan; "
                             "scope=Ip; value=192.0.2.1")
+
+
+def test_tag_values_are_quoted_and_escaped_exactly() -> None:
+    d = Decision(1, "ban", "Ip", "2001:db8::1", "CAPI", 'a "b"\\c; d\u00e9', 0.0)
+    assert tag_value(d) == ('ban; origin=CAPI; scenario="a \\"b\\"\\\\c; d?"; scope=Ip; '
+                            "value=2001:db8::1")
+
+
+def test_a_long_tag_value_cuts_its_longest_field_and_keeps_the_quoting() -> None:
+    scenario = 'x"; origin=forged' * 200
+    d = Decision(1, "ban", "Ip", "192.0.2.1", "o" * 300, scenario, 0.0)
+    value = tag_value(d)
+    assert 899 <= len(value) <= 900  # 899 when the last cut falls on an escaped character
+    message = email.message.Message()
+    message["X-CrowdSec-Decision"] = value
+    params = message.get_params(header="X-CrowdSec-Decision")
+    assert params is not None
+    parsed = dict((k, email.utils.collapse_rfc2231_value(v)) for k, v in params[1:])
+    assert list(parsed) == ["origin", "scenario", "scope", "value"]
+    assert parsed["origin"] == "o" * 300  # the shorter field is whole
+    assert scenario.startswith(parsed["scenario"]) and len(parsed["scenario"]) > 300
+    assert (parsed["scope"], parsed["value"]) == ("Ip", "192.0.2.1")
+

@@ -21,13 +21,13 @@ def _skip_route(text: str) -> str:
     in the route may hold colons."""
     if not text.startswith("@"):
         return text
-    depth = 0
+    literal = False  # inside [...], which does not nest
     for i, ch in enumerate(text):
         if ch == "[":
-            depth += 1
+            literal = True
         elif ch == "]":
-            depth = max(0, depth - 1)
-        elif ch == ":" and depth == 0:
+            literal = False
+        elif ch == ":" and not literal:
             return text[i + 1:]
     return text  # no colon: not a route, leave it to the pattern (it will not match)
 

@@ -141,7 +141,7 @@ def tag_value(decision: Decision) -> str:
     """The tag header's value: `TYPE; origin=..; scenario=..; scope=..; value=..`, in
     printable ASCII only (a scenario may hold anything LAPI was given), a value quoted
     when it holds a separator, and at most TAG_LIMIT bytes (the longest field is cut,
-    never the quoting)."""
+    never the quoting; 899 when the last cut falls on an escaped character)."""
     fields = [_NOT_HEADER_SAFE.sub("?", x) for x in (
         decision.type, decision.origin, decision.scenario, decision.scope, decision.value)]
     names = ("origin", "scenario", "scope", "value")
@@ -153,7 +153,9 @@ def tag_value(decision: Decision) -> str:
     text = render()
     while len(text) > TAG_LIMIT:
         longest = max(range(len(fields)), key=lambda i: len(fields[i]))
-        cut = len(fields[longest]) - max(1, len(text) - TAG_LIMIT)
+        # half the excess at a time: an escaped character takes two bytes, so cutting the
+        # whole excess at once could cut up to twice too much
+        cut = len(fields[longest]) - (len(text) - TAG_LIMIT + 1) // 2
         fields[longest] = fields[longest][:max(0, cut)]
         text = render()
     return text
@@ -269,6 +271,5 @@ class Policy:
         """What a client gets while no decision can be had (also after an internal error)."""
         if self._on_error is Action.ACCEPT:
             return None
-        fields = {"ip": ip, "type": "", "scenario": "", "origin": ""}
-        return Verdict(self._on_error, self._unavailable.render(fields), None,
+        return Verdict(self._on_error, self._unavailable.render({"ip": ip}), None,
                        not self._dry_run, "lapi_unavailable")
