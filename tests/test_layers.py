@@ -20,8 +20,9 @@ LAYERS: list[set[str]] = [
      "guard", "address"},
     {"selection"},  # which decisions apply, which action each gets
     {"index", "policy"},  # pure logic over decisions
-    # configuration; the LAPI client; what the MTA is asked; MaxMind databases
-    {"settings", "lapi", "protocol", "geo"},
+    # configuration; the LAPI client; what the MTA is asked; MaxMind databases; the
+    # state file (decisions on disk)
+    {"settings", "lapi", "protocol", "geo", "state"},
     {"source"},  # decision sources
     {"session", "metrics", "usage"},  # what serves or reads the parts
     {"wiring"},  # the settings to the parts

@@ -116,7 +116,13 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
     p.add_argument("--update-frequency", type=float, default=d.update_frequency,
                    help="stream mode: seconds between pulls")
     p.add_argument("--resync-interval", type=float, default=d.resync_interval,
-                   help="stream mode: seconds between full resyncs (startup=true)")
+                   help="stream mode: seconds between full resyncs (startup=true) at the "
+                        "latest; they come as often as every 60 s while cheap")
+    p.add_argument("--state-file", default=d.state_file, metavar="PATH",
+                   help="stream mode: file keeping the last good decisions, written after "
+                        "pulls that changed something (at most every 30 s) and at stop, "
+                        "enforced at start until the first good pull, even with LAPI down; "
+                        "none turns it off")
     p.add_argument("--cache-ttl", type=float, default=d.cache_ttl,
                    help="live mode: seconds an answer is reused (never past a ban's expiry)")
     p.add_argument("--cache-size", type=int, default=d.cache_size,
@@ -386,6 +392,16 @@ def check_mmdb(kind: str, path: str | None) -> str | None:
     return path
 
 
+def check_state_file(path: str) -> str:
+    """The state file's path, or "" for none (or an empty value): no state file."""
+    path = path.strip()
+    if path.lower() == "none":
+        return ""
+    if path.endswith("/") or (path and os.path.isdir(path)):
+        raise ConfigError(f"--state-file {path}: is a folder; name a file in it")
+    return path
+
+
 def check_widest(spec: str) -> tuple[int, int]:
     """`--widest-range V4,V6`: two prefix lengths, or ConfigError naming the option."""
     v4, sep, v6 = spec.replace("/", "").partition(",")
@@ -456,6 +472,7 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
         mode=args.mode,
         update_frequency=_positive("update-frequency", args.update_frequency),
         resync_interval=_positive("resync-interval", args.resync_interval),
+        state_file=check_state_file(args.state_file),
         cache_ttl=_positive("cache-ttl", args.cache_ttl),
         cache_size=int(_positive("cache-size", args.cache_size)),
         lapi_timeout=_positive("lapi-timeout", args.lapi_timeout),
