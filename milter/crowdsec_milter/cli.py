@@ -21,7 +21,7 @@ import httpx
 
 from . import __version__
 from .lapi import header_safe
-from .policy import Action, Reply, Stage, parse_networks
+from .policy import REPLY_LIMIT, Action, Reply, Stage, parse_networks, wire_size
 from .redact import MASK, mask_url, remember, scrub
 from .settings import ConfigError, Settings
 
@@ -168,7 +168,8 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
                         "wider ones (0.0.0.0/0, ::/0: a typo would refuse every client) are "
                         "logged once and counted, never enforced; 0,0 enforces all")
     p.add_argument("--stage", choices=[s.value for s in Stage], default=str(d.stage),
-                   help="where a banned client is answered")
+                   help="where a banned client is answered (helo: at MAIL for a client "
+                        "that skips HELO)")
     for name, reply in (("reject", d.reject_reply), ("tempfail", d.tempfail_reply),
                         ("drop", d.drop_reply), ("unavailable", d.unavailable_reply)):
         p.add_argument(f"--{name}-reply", default=f"{reply.code} {reply.xcode} {reply.text}",
@@ -180,12 +181,14 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
     p.add_argument("--dry-run", action="store_true", help="decide and log, but block nobody")
     p.add_argument("--always-allow-rcpt", action="append", default=None, metavar="PATTERN",
                    help="with --stage rcpt, recipients let through even for banned clients "
-                        "(repeatable, shell-style) [default: postmaster@* abuse@*]")
+                        "(repeatable, shell-style; an unqualified Postmaster always is) "
+                        "[default: postmaster@* abuse@*]")
     p.add_argument("--exempt-authenticated", action="store_true",
                    help="never block a session whose client authenticated (SMTP AUTH: the "
                         "{auth_authen} macro, sent at MAIL); needs --stage mail or rcpt")
     p.add_argument("--trap-rcpt", action="append", default=None, metavar="PATTERN",
-                   help="spam-trap recipients (repeatable, shell-style): a RCPT to one "
+                   help="spam-trap recipients (repeatable, shell-style; matched without "
+                        "quotes, source route, trailing dot or case): a RCPT to one "
                         "writes a rcpt_trap event; the MTA's answer is not changed")
     p.add_argument("--local-domains", action="append", default=None, metavar="LIST",
                    help="this MTA's own mail domains (comma-separated, repeatable): an "
@@ -380,6 +383,12 @@ def check_account_reply(text: str) -> str:
     except (KeyError, ValueError, TypeError):
         raise ConfigError("--account-reply may use only %(user)s %(ip)s %(type)s "
                           f"%(scenario)s %(origin)s: {text!r}") from None
+    fixed = wire_size(text.strip() % {"user": "", "ip": "", "type": "", "scenario": "",
+                                      "origin": ""})
+    if fixed > REPLY_LIMIT:  # never fits what libmilter takes, whatever is filled in
+        raise ConfigError(f"--account-reply is {fixed} bytes as sent (UTF-8, '%' doubled) "
+                          f"before any field is filled in; libmilter takes at most "
+                          f"{REPLY_LIMIT}")
     return text.strip()
 
 
