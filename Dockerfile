@@ -19,8 +19,8 @@ RUN apt-get update \
  && groupadd --system --gid 10001 milter \
  && useradd --system --uid 10001 --gid milter --home-dir /nonexistent \
       --shell /usr/sbin/nologin milter \
- && mkdir -p /var/log/crowdsec-milter \
- && chown milter:milter /var/log/crowdsec-milter
+ && mkdir -p /var/log/crowdsec-milter /var/lib/crowdsec-milter \
+ && chown milter:milter /var/log/crowdsec-milter /var/lib/crowdsec-milter
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
 COPY docker/milter-entrypoint.sh docker/healthcheck.py /usr/local/lib/crowdsec-milter/

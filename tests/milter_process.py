@@ -56,6 +56,8 @@ class MilterProcess:
         self.args = ["--socket", f"inet:{self.port}@127.0.0.1", "--lapi-url", lapi_url,
                      "--api-key-file", str(self.keyfile), "--event-log", str(self.events),
                      "--log-level", "debug", *args]
+        if "--state-file" not in args:  # the default, in /var/lib, would be shared by tests
+            self.args += ["--state-file", "none"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_ready: str | None = "decision(s) held",

@@ -3,7 +3,10 @@ value is refused with a message naming the option (what an operator reads on sta
 
 from __future__ import annotations
 
+import grp
 import ipaddress
+import os
+import pwd
 import re
 from pathlib import Path
 
@@ -156,11 +159,26 @@ def test_key_file_is_read_and_stripped(keyfile: Path, capsys: pytest.CaptureFixt
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
 def test_key_file_readable_by_others_is_warned_about(keyfile: Path, mode: int,
                                                      capsys: pytest.CaptureFixture) -> None:
+    # a group other than the user's own private group: its members can read the key
+    os.chown(keyfile, -1, grp.getgrnam("nogroup").gr_gid)
     keyfile.chmod(mode)
     assert load(["--api-key-file", str(keyfile)]).api_key == "s3cret-key-value"
     assert capsys.readouterr().err == (
         f"crowdsec-milter: warning: --api-key-file {keyfile} is readable by other users "
         "(chmod 600 it)\n")
+
+
+def test_key_file_readable_by_the_users_own_group_is_no_leak(
+        keyfile: Path, capsys: pytest.CaptureFixture) -> None:
+    # the Debian package's key: root:crowdsec-milter 0640, read by the milter running as
+    # crowdsec-milter, whose group (made by adduser --group) has no other member
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    own = grp.getgrgid(os.getegid())
+    assert own.gr_name == user and set(own.gr_mem) <= {user}
+    os.chown(keyfile, -1, own.gr_gid)
+    keyfile.chmod(0o640)
+    assert load(["--api-key-file", str(keyfile)]).api_key == "s3cret-key-value"
+    assert capsys.readouterr().err == ""
 
 
 def test_key_file_writable_by_group_is_no_read_leak(keyfile: Path,

@@ -252,7 +252,7 @@ def test_tagged_client_stays_to_end_of_message_and_gets_one_safe_header(
     src.add(1, "203.0.113.7", scenario="crowdsecurity/http-probing\r\nBcc: x\u00e9")
     src.add(2, "203.0.113.8", scenario="manual")
     policy = make(src, actions=(("ban", Action.REJECT), ("scenario:*http*", Action.TAG)))
-    header = ("ban; origin=crowdsec; scenario=crowdsecurity/http-probing??Bcc: x?; "
+    header = ('ban; origin=crowdsec; scenario="crowdsecurity/http-probing??Bcc: x?"; '
               "scope=Ip; value=203.0.113.7")
     for events in (None, started_writer(tmp_path / "events.log")):
         ctx = ctx_for(Stage.CONNECT, policy, events)

@@ -32,7 +32,8 @@ except ImportError:  # httpcore 0.16 (Debian 12's, with httpx 0.23): the same cl
 from . import __version__
 from .jsonstream import StreamFormatError, iter_arrays, iter_list, loads
 
-USER_AGENT = f"crowdsec-milter/{__version__}"
+# CrowdSec's bouncer guidelines name a bouncer crowdsec-<name>-bouncer/vX.Y.Z toward LAPI.
+USER_AGENT = f"crowdsec-milter-bouncer/v{__version__}"
 # An API key travels as a header value: printable ASCII, spaces only inside.
 _HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 

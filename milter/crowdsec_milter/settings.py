@@ -34,6 +34,8 @@ class Settings:
     mode: str = _restart("stream")
     update_frequency: float = _restart(10.0)
     resync_interval: float = _restart(3600.0)
+    # stream mode: the last good decisions, enforced at start until a pull works; "" off
+    state_file: str = _restart("/var/lib/crowdsec-milter/decisions.state")
     cache_ttl: float = _restart(60.0)
     cache_size: int = _restart(100_000)
     lapi_timeout: float = _restart(2.0)

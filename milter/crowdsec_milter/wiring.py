@@ -17,6 +17,7 @@ from .policy import DecisionSource, Policy
 from .session import SessionContext
 from .settings import Settings
 from .source import LiveSource, Source, StreamSource
+from .state import StateFile
 from .tally import Tally
 from .usage import UsagePusher
 
@@ -68,9 +69,11 @@ def make_geo(settings: Settings) -> Geo | None:
 def make_source(settings: Settings, client: LapiClient) -> Source:
     geo = make_geo(settings)
     if settings.mode == "stream":
+        state = StateFile(settings.state_file) if settings.state_file else None
         return StreamSource(client, settings.update_frequency,
                             resync_interval=settings.resync_interval, geo=geo,
-                            accounts=settings.account_decisions, widest=settings.widest_range)
+                            accounts=settings.account_decisions, widest=settings.widest_range,
+                            state=state)
     return LiveSource(client, settings.cache_ttl, timeout=settings.lapi_timeout,
                       maxsize=settings.cache_size, geo=geo, widest=settings.widest_range,
                       accounts=settings.account_decisions)
