@@ -26,8 +26,8 @@ case "$codename" in
   *) libldap=libldap2 ;;
 esac
 pkgs=(postfix crowdsec libmilter-dev libmilter1.0.1 swaks miltertest python3-venv python3-dev
-      gcc libc6-dev ca-certificates openssl iproute2 procps docker-compose systemd logrotate m4
-      libwrap0 "$libldap")
+      gcc libc6-dev ca-certificates openssl iproute2 procps docker-compose python3-yaml systemd
+      logrotate m4 libwrap0 "$libldap")
 daemons=(postfix crowdsec)
 missing=()
 for p in "${pkgs[@]}"; do
