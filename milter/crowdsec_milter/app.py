@@ -219,7 +219,8 @@ def reload(parts: Parts, activity: Activity, old: Settings,
     if ignored:
         log.warning("reload: %s change(s) need a restart; not applied",
                     ", ".join("--" + n.replace("_", "-") for n in ignored))
-    context = make_context(new, parts.source, parts.context.tally, parts.events)
+    context = make_context(new, parts.source, parts.context.tally, parts.events,
+                           parts.source.locate)
     parts.context = context
     parts.policy = context.policy
     # new connections get it; open ones finish as they are

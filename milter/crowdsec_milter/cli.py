@@ -100,7 +100,8 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
         config_file_open_func=open_config,
     )
     if command == "lookup":
-        p.add_argument("ip", metavar="IP", help="the client address to look up")
+        p.add_argument("ip", metavar="IP", help="the client address to look up, or "
+                                                "user:LOGIN for the decisions on a login")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument("--socket", default=d.socket,
                    help="libmilter socket: inet:PORT@HOST, inet6:PORT@HOST or unix:/path")
@@ -152,6 +153,11 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
     p.add_argument("--geoip-asn-db", default=None, metavar="PATH",
                    help="MaxMind DB file giving an address's AS number (GeoLite2-ASN "
                         "layout): enforces AS decisions; off by default")
+    p.add_argument("--widest-range", default=",".join(map(str, d.widest_range)),
+                   metavar="V4,V6",
+                   help="widest Range decisions enforced, as IPv4,IPv6 prefix lengths: "
+                        "wider ones (0.0.0.0/0, ::/0: a typo would refuse every client) are "
+                        "logged once and counted, never enforced; 0,0 enforces all")
     p.add_argument("--stage", choices=[s.value for s in Stage], default=str(d.stage),
                    help="where a banned client is answered")
     for name, reply in (("reject", d.reject_reply), ("tempfail", d.tempfail_reply),
@@ -172,6 +178,21 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
     p.add_argument("--trap-rcpt", action="append", default=None, metavar="PATTERN",
                    help="spam-trap recipients (repeatable, shell-style): a RCPT to one "
                         "writes a rcpt_trap event; the MTA's answer is not changed")
+    p.add_argument("--local-domains", action="append", default=None, metavar="LIST",
+                   help="this MTA's own mail domains (comma-separated, repeatable): an "
+                        "outside client naming one in HELO or MAIL FROM writes a "
+                        "helo_forged or sender_spoofed event")
+    p.add_argument("--fanout-limit", type=int, default=d.fanout_limit, metavar="N",
+                   help="an unauthenticated transaction with more recipients writes a "
+                        "rcpt_fanout event; 0 turns it off")
+    p.add_argument("--fanout-domains", type=int, default=d.fanout_domains, metavar="N",
+                   help="... or with recipients in more distinct domains; 0 turns it off")
+    p.add_argument("--account-decisions", action="store_true",
+                   help="refuse a login (SMTP AUTH user, {auth_authen}) that has a decision "
+                        "on the username scope, at MAIL; costs a MAIL callback per message")
+    p.add_argument("--account-reply", default=d.account_reply, metavar="TEXT",
+                   help="reply text for a refused login, with the code of its action's "
+                        "reply; may use %%(user)s %%(ip)s %%(type)s %%(scenario)s %%(origin)s")
     p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
                    help="serve Prometheus /metrics and /health here, IPv4 or IPv6 "
                         "(127.0.0.1:9395, [::1]:9395, [::]:9395); off by default")
@@ -292,18 +313,64 @@ def split_list(name: str, values: Sequence[str] | None) -> tuple[str, ...] | Non
     return items
 
 
-def check_mmdb(option: str, path: str | None) -> str | None:
-    """A MaxMind DB file that opens, or ConfigError naming the option (checked at start,
-    not at the first client)."""
+_DOMAIN = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
+
+
+def parse_domains(values: Sequence[str] | None) -> frozenset[str]:
+    """--local-domains as compared: lower case, no trailing dot; a name that is no domain
+    (an address, a pattern, a space) is an error, not a rule that never matches."""
+    names = split_list("local-domains", values) or ()
+    found = set()
+    for name in names:
+        normal = name.rstrip(".").lower()
+        if not _DOMAIN.match(normal):
+            raise ConfigError(f"--local-domains: {name!r} is not a domain name")
+        found.add(normal)
+    return frozenset(found)
+
+
+def check_account_reply(text: str) -> str:
+    """--account-reply: one line of text whose fields are the ones a verdict fills."""
+    if not text.strip() or re.search(r"[\x00-\x1f\x7f]", text):
+        raise ConfigError("--account-reply must be one line of text")
+    try:
+        text % {"user": "alice", "ip": "192.0.2.1", "type": "ban", "scenario": "x",
+                "origin": "x"}
+    except (KeyError, ValueError, TypeError):
+        raise ConfigError("--account-reply may use only %(user)s %(ip)s %(type)s "
+                          f"%(scenario)s %(origin)s: {text!r}") from None
+    return text.strip()
+
+
+def _count(name: str, value: int) -> int:
+    if value < 0:
+        raise ConfigError(f"--{name} must be 0 (off) or more, not {value}")
+    return value
+
+
+def check_mmdb(kind: str, path: str | None) -> str | None:
+    """A MaxMind DB file that opens and is of the kind its option needs (`kind`: country,
+    as; an ASN database given as the country one would never match), or ConfigError
+    naming the option: checked at start and on SIGHUP, not at the first client."""
     if not path:
         return None
-    from .geo import Geo, GeoError  # maxminddb only when a database is given
+    from .geo import GeoError, load  # maxminddb only when a database is given
 
     try:
-        Geo(path, None).close()
+        load(path, kind)[0].close()
     except GeoError as exc:
-        raise ConfigError(str(exc).replace("--geoip-country-db", option)) from None
+        raise ConfigError(str(exc)) from None
     return path
+
+
+def check_widest(spec: str) -> tuple[int, int]:
+    """`--widest-range V4,V6`: two prefix lengths, or ConfigError naming the option."""
+    v4, sep, v6 = spec.replace("/", "").partition(",")
+    if (sep and v4.strip().isdigit() and v6.strip().isdigit()
+            and int(v4) <= 32 and int(v6) <= 128):
+        return int(v4), int(v6)
+    raise ConfigError(f"--widest-range {spec!r} is not V4,V6: an IPv4 prefix length (0-32) "
+                      "and an IPv6 one (0-128), such as 8,16")
 
 
 def check_header_name(name: str) -> str:
@@ -378,8 +445,9 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
         scenarios_not_containing=split_list("scenarios-not-containing",
                                             args.scenarios_not_containing) or (),
         tag_header=check_header_name(args.tag_header),
-        geoip_country_db=check_mmdb("--geoip-country-db", args.geoip_country_db),
-        geoip_asn_db=check_mmdb("--geoip-asn-db", args.geoip_asn_db),
+        geoip_country_db=check_mmdb("country", args.geoip_country_db),
+        geoip_asn_db=check_mmdb("as", args.geoip_asn_db),
+        widest_range=check_widest(args.widest_range),
         stage=Stage(args.stage),
         reject_reply=replies["reject"],
         tempfail_reply=replies["tempfail"],
@@ -391,6 +459,11 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
         always_allow_rcpt=allow,
         exempt_authenticated=args.exempt_authenticated,
         trap_rcpt=traps,
+        local_domains=parse_domains(args.local_domains),
+        fanout_limit=_count("fanout-limit", args.fanout_limit),
+        fanout_domains=_count("fanout-domains", args.fanout_domains),
+        account_decisions=args.account_decisions,
+        account_reply=check_account_reply(args.account_reply),
         metrics_listen=check_listen(args.metrics_listen),
         usage_metrics_interval=0.0 if args.usage_metrics_interval == 0 else
         _positive("usage-metrics-interval", args.usage_metrics_interval),

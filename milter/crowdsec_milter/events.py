@@ -34,7 +34,7 @@ FIELD_LIMIT = 512
 # The line format's version, written in every line as "v" and pinned in
 # conf/events.schema.json: raise it whenever a field of an event is added, removed, retyped
 # or changes meaning.
-EVENT_VERSION = 2
+EVENT_VERSION = 3
 _LINE_BREAKS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
 _SURROGATE = re.compile("[\udc80-\udcff]")
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode

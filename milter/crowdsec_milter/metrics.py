@@ -41,6 +41,9 @@ class MilterCollector:
         yield sessions
         blocks = CounterMetricFamily(P + "blocks", "Clients answered because of a decision",
                                      labels=["type", "origin", "stage", "action"])
+        accounts = CounterMetricFamily(P + "account_blocks",
+                                       "Logins answered because of a decision on the account",
+                                       labels=["type", "origin", "action"])
         lookups = CounterMetricFamily(P + "lookups", "Client addresses looked up",
                                       labels=["result"])
         rcpt = CounterMetricFamily(P + "rcpt_rejected",
@@ -49,11 +52,14 @@ class MilterCollector:
         for key, value in snap.items():
             if key.kind == "blocked":
                 blocks.add_metric([key.type, key.origin, key.stage, key.action], value)
+            elif key.kind == "account_blocked":
+                accounts.add_metric([key.type, key.origin, key.action], value)
             elif key.kind == "lookup":
                 lookups.add_metric([key.result], value)
             elif key.kind == "rcpt_rejected":
                 rcpt.add_metric([key.result], value)
         yield blocks
+        yield accounts
         yield lookups
         yield rcpt
         errors = CounterMetricFamily(P + "internal_errors", "Exceptions caught in callbacks")
@@ -82,7 +88,12 @@ class MilterCollector:
         usable.add_metric([], 1.0 if stats.usable else 0.0)
         bad = CounterMetricFamily(P + "bad_decisions", "Decisions from LAPI skipped as unusable")
         bad.add_metric([], stats.bad_decisions)
+        wide = GaugeMetricFamily(P + "decisions_too_wide",
+                                 "Range decisions known but not enforced: wider than "
+                                 "--widest-range")
+        wide.add_metric([], stats.wide)
         yield bad
+        yield wide
         if stats.held is not None:  # a source that holds decisions pulls them
             held = GaugeMetricFamily(P + "decisions", "Decisions held in memory",
                                      labels=["scope", "family"])

@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from .decisions import WIDEST_RANGE
 from .policy import Action, Reply, Stage
 from .selection import Selection
 
@@ -58,6 +59,15 @@ class Settings:
     always_allow_rcpt: tuple[str, ...] = ("postmaster@*", "abuse@*")
     exempt_authenticated: bool = False
     trap_rcpt: tuple[str, ...] = ()
+    local_domains: frozenset[str] = frozenset()
+    # conservative: a list server's message to 50 of one site's users, or to 5 sites, is
+    # rare from an unauthenticated client; a spammer's fan-out is not
+    fanout_limit: int = 50
+    fanout_domains: int = 5
+    # decisions on logins (scope username), checked at MAIL; the source asks LAPI for them
+    account_decisions: bool = _restart(False)
+    account_reply: str = ("account %(user)s is locked by CrowdSec: if it is yours, "
+                          "contact the postmaster")
     metrics_listen: tuple[str, int] | None = _restart(None)
     usage_metrics_interval: float = _restart(1800.0)
     lapi_ca: str | None = _restart(None)
@@ -65,6 +75,7 @@ class Settings:
     lapi_key: str | None = _restart(None)
     geoip_country_db: str | None = _restart(None)  # the source is built with them
     geoip_asn_db: str | None = _restart(None)
+    widest_range: tuple[int, int] = _restart(WIDEST_RANGE)  # decisions are sorted as read
     log_level: str = "info"
     log_format: str = "text"
     milter_timeout: int = 600

@@ -6,6 +6,7 @@ parts here, so a setting means the same thing to each of them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .events import EventWriter
@@ -68,9 +69,11 @@ def make_source(settings: Settings, client: LapiClient) -> Source:
     geo = make_geo(settings)
     if settings.mode == "stream":
         return StreamSource(client, settings.update_frequency,
-                            resync_interval=settings.resync_interval, geo=geo)
+                            resync_interval=settings.resync_interval, geo=geo,
+                            accounts=settings.account_decisions, widest=settings.widest_range)
     return LiveSource(client, settings.cache_ttl, timeout=settings.lapi_timeout,
-                      maxsize=settings.cache_size, geo=geo)
+                      maxsize=settings.cache_size, geo=geo, widest=settings.widest_range,
+                      accounts=settings.account_decisions)
 
 
 def make_policy(settings: Settings, source: DecisionSource, tally: Tally | None = None) -> Policy:
@@ -85,17 +88,23 @@ def make_policy(settings: Settings, source: DecisionSource, tally: Tally | None 
         dry_run=settings.dry_run,
         tally=tally,
         selection=settings.selection,
+        account_text=settings.account_reply,
     )
 
 
 def make_context(settings: Settings, source: DecisionSource, tally: Tally,
-                 events: EventWriter | None) -> SessionContext:
+                 events: EventWriter | None,
+                 locate: Callable[[str], tuple[str, str]] | None = None) -> SessionContext:
     """What sessions are handed: built at start and again by each SIGHUP reload."""
     return SessionContext(policy=make_policy(settings, source, tally), stage=settings.stage,
                           events=events, tally=tally,
                           always_allow_rcpt=settings.always_allow_rcpt,
                           exempt_authenticated=settings.exempt_authenticated,
-                          trap_rcpt=settings.trap_rcpt, tag_header=settings.tag_header)
+                          trap_rcpt=settings.trap_rcpt, tag_header=settings.tag_header,
+                          local_domains=settings.local_domains,
+                          fanout_limit=settings.fanout_limit,
+                          fanout_domains=settings.fanout_domains, locate=locate,
+                          accounts=settings.account_decisions)
 
 
 def build(settings: Settings) -> Parts:
@@ -106,7 +115,7 @@ def build(settings: Settings) -> Parts:
     events = None
     if settings.event_log != "none":
         events = EventWriter(settings.event_log, maxsize=settings.event_queue)
-    context = make_context(settings, source, tally, events)
+    context = make_context(settings, source, tally, events, source.locate)
     metrics = None
     if settings.metrics_listen is not None:
         host, port = settings.metrics_listen
