@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything the demo and the tests need on a Debian 12 machine (run as root).
+# Installs everything the demo and the tests need on a Debian 12 (bookworm) or Debian 13
+# (trixie) machine (run as root).
 #
 # What it installs: Debian's postfix, crowdsec, libmilter, swaks, miltertest and the tools the
 # tests drive, the compiler and Python headers that pymilter (PyPI has only its source) needs,
@@ -17,9 +18,16 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export DEBIAN_FRONTEND=noninteractive
 
+# The unpacked Sendmail binary needs OpenLDAP's library, whose package name follows the
+# library's version: 2.5 on Debian 12, 2.6 (libldap2) on Debian 13 and later.
+codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+case "$codename" in
+  bookworm) libldap=libldap-2.5-0 ;;
+  *) libldap=libldap2 ;;
+esac
 pkgs=(postfix crowdsec libmilter-dev libmilter1.0.1 swaks miltertest python3-venv python3-dev
-      gcc libc6-dev ca-certificates openssl iproute2 procps docker-compose systemd logrotate m4
-      libwrap0 libldap-2.5-0)
+      gcc libc6-dev ca-certificates openssl iproute2 procps docker-compose python3-yaml systemd
+      logrotate m4 libwrap0 "$libldap")
 daemons=(postfix crowdsec)
 missing=()
 for p in "${pkgs[@]}"; do

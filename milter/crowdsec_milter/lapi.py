@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import certifi
 import httpcore
 import httpx
 
@@ -118,6 +119,42 @@ class _DeadlineBackend(NetworkBackend):
         self._inner.sleep(seconds)
 
 
+def tls_context(ca: str | None, cert: tuple[str, str] | None) -> ssl.SSLContext:
+    """The TLS settings of every LAPI connection: the CA file `ca` (else certifi's bundle,
+    as httpx's own default), an optional client certificate, and Python 3.13's strict X.509
+    checks on every Python. 3.11 and 3.12 accept a CA without a keyUsage extension that 3.13
+    refuses: checking strictly everywhere means a setup that works on Debian 12 keeps working
+    after an upgrade to Debian 13."""
+    context = ssl.create_default_context(cafile=ca or certifi.where())
+    context.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
+    if cert:
+        context.load_cert_chain(*cert)  # bouncer auth by client certificate
+    return context
+
+
+# OpenSSL's X509_V_ERR_CA_CERT_MISSING_KEY_USAGE: the one strict check an older private CA
+# (openssl req -x509 with the default config) fails.
+_CA_WITHOUT_KEY_USAGE = 92
+
+
+def unreachable(exc: BaseException, detail: bool = True) -> str:
+    """One line for a request that failed below HTTP (with the exception's text if
+    `detail`). A certificate that failed verification gets what is wrong and what to do."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return f"LAPI unreachable: {type(exc).__name__}" + (f": {exc}" if detail else "")
+    what = getattr(cause, "verify_message", "") or str(cause)
+    if getattr(cause, "verify_code", 0) == _CA_WITHOUT_KEY_USAGE:
+        return (f"LAPI's certificate refused: {what}. The CA certificate (the --lapi-ca file) "
+                "needs a keyUsage extension with keyCertSign, as strict X.509 checking requires "
+                "(Python 3.13's default, applied on every Python): reissue the CA certificate "
+                "from its key with keyUsage=critical,keyCertSign,cRLSign")
+    return (f"LAPI's certificate refused: {what}. Check that --lapi-ca names the CA that "
+            "signed LAPI's certificate, and that both meet strict X.509 rules (RFC 5280)")
+
+
 class LapiError(Exception):
     """A request that gave no usable answer. `kind` is one word: connect, timeout, auth,
     http, decode, too_large."""
@@ -162,10 +199,8 @@ class LapiClient:
         self._pull_total = max(pull_total, timeout)
         self._startup_total = max(startup_total, self._startup_timeout)
         self._max_bytes = max_bytes
-        context: ssl.SSLContext | bool = verify if isinstance(verify, bool) and not cert else \
-            ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
-        if cert and isinstance(context, ssl.SSLContext):
-            context.load_cert_chain(*cert)  # bouncer auth by client certificate
+        context: ssl.SSLContext | bool = False if verify is False else \
+            tls_context(verify if isinstance(verify, str) else None, cert)
         transport = httpx.HTTPTransport(
             verify=context,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
@@ -200,8 +235,7 @@ class LapiClient:
         except httpx.TimeoutException as exc:
             raise LapiError("timeout", f"LAPI did not answer within {total:g}s") from exc
         except httpx.HTTPError as exc:
-            raise LapiError("connect", self._scrub(f"LAPI unreachable: {type(exc).__name__}: "
-                                                   f"{exc}")) from exc
+            raise LapiError("connect", self._scrub(unreachable(exc))) from exc
 
     def _scrub(self, text: str) -> str:
         """`text` without the API key in any form it may take in an exception's text."""
@@ -242,7 +276,7 @@ class LapiClient:
         except httpx.TimeoutException as exc:
             raise LapiError("timeout", f"LAPI did not answer within {self._timeout:g}s") from exc
         except httpx.HTTPError as exc:
-            raise LapiError("connect", f"LAPI unreachable: {type(exc).__name__}") from exc
+            raise LapiError("connect", self._scrub(unreachable(exc, detail=False))) from exc
 
     def check_key(self, ip: str) -> None:
         """Raise LapiError unless LAPI accepts the key, asking with `HEAD /v1/decisions`:
@@ -256,7 +290,7 @@ class LapiClient:
         except httpx.TimeoutException as exc:
             raise LapiError("timeout", f"LAPI did not answer within {self._timeout:g}s") from exc
         except httpx.HTTPError as exc:
-            raise LapiError("connect", f"LAPI unreachable: {type(exc).__name__}") from exc
+            raise LapiError("connect", self._scrub(unreachable(exc, detail=False))) from exc
         if status == 403:
             raise LapiError("auth", "LAPI refused the API key (403 access forbidden)")
         if status != 200:
@@ -271,7 +305,7 @@ class LapiClient:
         except httpx.TimeoutException as exc:
             raise LapiError("timeout", f"LAPI did not answer within {self._timeout:g}s") from exc
         except httpx.HTTPError as exc:
-            raise LapiError("connect", f"LAPI unreachable: {type(exc).__name__}") from exc
+            raise LapiError("connect", self._scrub(unreachable(exc, detail=False))) from exc
 
     def stream_items(self, startup: bool, scopes: str = "") -> Iterator[tuple[str, Any]]:
         """One pull, as ("new" | "deleted", decision) pairs read while the body arrives,

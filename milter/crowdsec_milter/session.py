@@ -16,6 +16,7 @@ us), and the right to add headers is asked for only while some `--action` key ca
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -97,6 +98,24 @@ class SessionContext:
         return request(self.stage, sensor=self.events is not None,
                        mail=self.exempt_authenticated, rcpt=bool(self.trap_rcpt),
                        actions=actions, offered=offered, account=self.accounts)
+
+
+# An enhanced status code (RFC 3463), and an SMTP reply that carries one.
+_STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+_REPLY_STATUS = re.compile(r"[245]\d\d[ -]([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
+
+
+def refusal(host: str, addr: str) -> tuple[str, str]:
+    """(enhanced status, reason) of a recipient the MTA refused, from its {rcpt_host} and
+    {rcpt_addr} macros. Postfix and Sendmail 8.17 put the status in {rcpt_host} and the
+    reason in {rcpt_addr} (Sendmail as its reply, "550 5.1.1 User unknown"); a status found
+    only in such a reply is taken from it. Sendmail 8.18 passes neither: the macros keep
+    the address's own host and user ("" and the local part), which must not pass for a
+    status or a reason, so both are empty then."""
+    if _STATUS.fullmatch(host):
+        return host, addr
+    found = _REPLY_STATUS.match(addr)
+    return (found.group(1), addr) if found else ("", "")
 
 
 def _addr(family: int, hostaddr: Any) -> str:
@@ -446,7 +465,7 @@ class Session(Milter.Base):
             )
 
     def _rcpt_rejected(self, to: str) -> None:
-        status = self._macro("{rcpt_host}")
+        status, reason = refusal(self._macro("{rcpt_host}"), self._macro("{rcpt_addr}"))
         self.context.tally.inc(rcpt_rejected(status[:1] + "xx" if status else "unknown"))
         if self.context.events is None:
             return
@@ -454,7 +473,7 @@ class Session(Milter.Base):
             "rcpt_rejected",
             client_ip=self.ip, client_name=self.client_name, helo=self.helo,
             mail_from=self.mail_from, rcpt=to, status=status,
-            reason=self._macro("{rcpt_addr}"), queue_id=self._macro("i"), mta=self._macro("j"),
+            reason=reason, queue_id=self._macro("i"), mta=self._macro("j"),
         )
 
     def _rcpt_trap(self, to: str, accepted: bool) -> None:
@@ -465,12 +484,12 @@ class Session(Milter.Base):
         if self.context.events is None:
             return
         rejected = not accepted and self._macro("{rcpt_mailer}") == "error"
+        status, reason = refusal(self._macro("{rcpt_host}"), self._macro("{rcpt_addr}")) \
+            if rejected else ("", "")
         self.context.events.emit(
             "rcpt_trap",
             client_ip=self.ip, client_name=self.client_name, helo=self.helo,
-            mail_from=self.mail_from, rcpt=to,
-            status=self._macro("{rcpt_host}") if rejected else "",
-            reason=self._macro("{rcpt_addr}") if rejected else "",
+            mail_from=self.mail_from, rcpt=to, status=status, reason=reason,
             queue_id=self._macro("i"), mta=self._macro("j"), accepted=accepted,
         )
 
