@@ -82,6 +82,9 @@ in_root() {
     /bin/bash -c '
       set -e
       root=$1 shared=$3
+      # the root a mount point of its own, as on a real machine: `unshare --mount` and
+      # dockerd inside need a / they can make private (a plain chroot directory is not one)
+      mount --rbind "$root" "$root"
       mount --rbind /dev "$root/dev"
       mount --make-rslave "$root/dev"
       mount -t sysfs sysfs "$root/sys" 2>/dev/null || mount --rbind /sys "$root/sys"
