@@ -23,6 +23,7 @@ from ports import free_port
 REPO = Path(__file__).resolve().parent.parent
 CONTENT = REPO / "conf" / "crowdsec"
 HUB = Path("/usr/share/crowdsec/hub")
+SHIPPED_EVENT_LOG = "/var/log/crowdsec-milter/events.log"
 
 
 class CrowdSec:
@@ -123,8 +124,10 @@ on_success: break
             target.mkdir(parents=True, exist_ok=True)
             for f in files:
                 shutil.copy(f, target / f.name)
-        (self.etc / "acquis.yaml").write_text(
-            f"filenames:\n  - {acquis_file}\nlabels:\n  type: crowdsec-milter\n")
+        # The shipped acquisition (its options, e.g. force_inotify), pointed at this log.
+        shipped = (CONTENT / "acquis.d" / "crowdsec-milter.yaml").read_text()
+        assert SHIPPED_EVENT_LOG in shipped
+        (self.etc / "acquis.yaml").write_text(shipped.replace(SHIPPED_EVENT_LOG, str(acquis_file)))
 
     # -- lifecycle -------------------------------------------------------------------------
 
