@@ -8,7 +8,10 @@
 #                      "550 5.1.1 User unknown", which the milter reports to CrowdSec
 #   LOCAL_TRANSPORT    where accepted local mail goes: discard: (a demo) or e.g.
 #                      lmtp:inet:mailstore:24
-#   INET_PROTOCOLS     ipv4 (Docker's default networks), or all
+#   INET_PROTOCOLS     ipv4 (the default), or all where the network has IPv6 (as in
+#                      docker-compose.yml)
+#   XCLIENT_HOSTS      clients allowed to claim another client address with XCLIENT (a test
+#                      harness, a trusted front end); empty (the default): nobody
 set -eu
 dir="${POSTFIX_CONFIG_DIR:-/etc/postfix}"
 milter="${MILTER_ADDRESS:-inet:milter:8895}"
@@ -33,6 +36,7 @@ postconf -c "$dir" -e \
   "local_transport=${LOCAL_TRANSPORT:-discard:}" \
   "smtpd_relay_restrictions=permit_mynetworks, reject_unauth_destination" \
   "inet_protocols=${INET_PROTOCOLS:-ipv4}" \
+  "smtpd_authorized_xclient_hosts=${XCLIENT_HOSTS:-}" \
   "maillog_file=/dev/stdout" \
   "smtpd_milters={ $milter, default_action=accept }" \
   "milter_protocol=6" \
