@@ -12,17 +12,20 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim-bookworm
 # The uid is fixed: the crowdsec service hands the bouncer key to it (KEY_OWNER in
-# docker-compose.yml).
+# docker-compose.yml). 10001 is above the system range (SYS_UID_MAX 999), so the account is
+# made as a plain one without a home (--system would warn about the range).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libmilter1.0.1 \
  && rm -rf /var/lib/apt/lists/* \
- && groupadd --system --gid 10001 milter \
- && useradd --system --uid 10001 --gid milter --home-dir /nonexistent \
+ && groupadd --gid 10001 milter \
+ && useradd --uid 10001 --gid milter --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin milter \
  && mkdir -p /var/log/crowdsec-milter \
  && chown milter:milter /var/log/crowdsec-milter
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
+# root is the only user here while building: pip's warning about it does not apply
+RUN pip install --no-cache-dir --no-index --root-user-action=ignore /wheels/*.whl \
+ && rm -rf /wheels
 COPY docker/milter-entrypoint.sh docker/healthcheck.py /usr/local/lib/crowdsec-milter/
 USER milter
 ENV PYTHONUNBUFFERED=1 \
