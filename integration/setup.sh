@@ -17,10 +17,20 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export DEBIAN_FRONTEND=noninteractive
 
+# Docker and the Compose of the release for the compose test (integration/test_compose.py),
+# debootstrap for its base images: Debian 12's docker.io carries the docker CLI and Compose is
+# v1 (docker-compose 1.29); from Debian 13 the CLI is docker-cli and Compose is v2.
+codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+case "$codename" in
+  bookworm) docker_pkgs=(docker.io docker-compose) ;;
+  *) docker_pkgs=(docker.io docker-cli docker-compose) ;;
+esac
 pkgs=(postfix crowdsec libmilter-dev libmilter1.0.1 swaks miltertest python3-venv python3-dev
-      gcc libc6-dev ca-certificates openssl iproute2 procps docker-compose systemd logrotate m4
-      libwrap0 libldap-2.5-0)
-daemons=(postfix crowdsec)
+      gcc libc6-dev ca-certificates openssl iproute2 procps systemd logrotate m4
+      libwrap0 libldap-2.5-0 "${docker_pkgs[@]}" iptables debootstrap)
+# packages whose daemons must not start at install, nor at boot (docker.io: docker.service,
+# and containerd with it)
+daemons=(postfix crowdsec docker.io)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -59,10 +69,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ "$ours" = 1 ]; then rm -f /usr/sbin/policy-rc.d; ours=0; fi
   # Newly installed daemons are not enabled at boot: the demo and the tests never use them.
   for d in "${new_daemons[@]}"; do
+    d=${d%.io}
     # systemctl edits the unit links itself when systemd is not running (a chroot, a
     # container); deb-systemd-helper refuses to run outside dpkg.
     if command -v systemctl >/dev/null; then
       systemctl disable "$d.service" || true
+      if [ "$d" = docker ]; then
+        systemctl disable docker.socket containerd.service || true
+      fi
     fi
     if command -v update-rc.d >/dev/null && [ -e "/etc/init.d/$d" ]; then
       update-rc.d "$d" disable >/dev/null 2>&1 || true
