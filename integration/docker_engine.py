@@ -258,14 +258,16 @@ class Engine:
     # -- images ----------------------------------------------------------------------------
 
     def base_image(self, name: str = "debian:bookworm-slim") -> None:
-        """A minbase Debian 12 imported as `name` (debootstrap once, tarball cached)."""
-        if self.docker("image", "inspect", name, check=False).returncode == 0:
-            return
-        tarball = CI_TARBALL if CI_TARBALL.exists() else CACHE / "bookworm-minbase.tar.gz"
-        if not tarball.exists():
-            _debootstrap(tarball)
-        with open(tarball, "rb") as f:
-            self.docker("import", "-", name, stdin=f)
+        """A minbase Debian 12 (debootstrap once, tarball cached) imported, then tagged `name`
+        through integration/standins/debian."""
+        minbase = "crowdsec-milter-minbase:bookworm"
+        if self.docker("image", "inspect", minbase, check=False).returncode != 0:
+            tarball = CI_TARBALL if CI_TARBALL.exists() else CACHE / "bookworm-minbase.tar.gz"
+            if not tarball.exists():
+                _debootstrap(tarball)
+            with open(tarball, "rb") as f:
+                self.docker("import", "-", minbase, stdin=f)
+        self.standin(name, STANDINS / "debian")
 
     def standin(self, name: str, directory: Path) -> None:
         """An image from integration/standins/<directory>, rebuilt when its files change."""

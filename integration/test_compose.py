@@ -156,7 +156,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         engine.standin(config["python"], REPO / "integration/standins/python")
         engine.standin(config["crowdsec"], REPO / "integration/standins/crowdsec")
         s.timings["stand-ins"] = time.monotonic() - t0
-        s.build_output = _combined(s.compose("build", "--no-cache"))
+        # v2 builds the services side by side by itself; v1 only when asked
+        parallel = ["--parallel"] if compose_command() == ["docker-compose"] else []
+        s.build_output = _combined(s.compose("build", "--no-cache", *parallel))
         s.timings["compose build"] = time.monotonic() - t0
         # CrowdSec alone first: its acquisition finds no events.log yet
         s.compose("up", "-d", "crowdsec")
