@@ -307,7 +307,7 @@ def bench_geo(n_decisions: int, n_networks: int, probes: int, rounds: int) -> No
         for name, policy in policies.items():
             for kind, ips in (("hit", hits), ("miss, hot", hot), ("miss, cold", cold)):
                 if kind == "miss, cold" and policy.source._geo is not None:  # type: ignore[attr-defined]
-                    policy.source._geo.locate.cache_clear()  # type: ignore[attr-defined]
+                    policy.source._geo.cache_clear()  # type: ignore[attr-defined]
                 times = []
                 for ip in ips:
                     t0 = pc()

@@ -31,6 +31,7 @@ class Fault:
     drip: float = 0.0  # send the whole answer, status line first, one byte every `drip` s
     count: int = -1  # how many requests it applies to; -1 = until cleared
     hold: threading.Event | None = None  # answer (properly) only once this is set
+    only: str | None = None  # applies only to requests whose path and query contain this
 
 
 @dataclass
@@ -161,6 +162,8 @@ def serve(lapi: FakeLapi) -> tuple[ThreadingHTTPServer, str]:
             query = parse_qs(url.query)
             lapi.note(url.path, query, dict(self.headers))
             fault = lapi.fault
+            if fault is not None and fault.only is not None and fault.only not in self.path:
+                fault = None
             if fault is not None and fault.count != 0:
                 if fault.count > 0:
                     fault.count -= 1

@@ -29,3 +29,19 @@ def write(folder: Path, networks: dict[str, tuple[str, int]] = NETWORKS) -> tupl
     country.to_db_file(str(paths[0]))
     asn.to_db_file(str(paths[1]))
     return paths
+
+
+def corrupt_data(path: Path) -> None:
+    """Overwrite the data section of the database at `path` in place with bytes no reader
+    can decode, keeping its size, search tree and metadata: it still opens, and every
+    lookup that finds a record fails."""
+    import maxminddb
+
+    with maxminddb.open_database(str(path)) as reader:
+        meta = reader.metadata()
+    data = path.read_bytes()
+    start = meta.node_count * meta.record_size * 2 // 8 + 16  # the tree, then 16 zeros
+    end = data.rfind(b"\xab\xcd\xefMaxMind.com")
+    with open(path, "r+b") as fh:
+        fh.seek(start)
+        fh.write(b"\xff" * (end - start))

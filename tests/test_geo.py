@@ -110,7 +110,7 @@ def test_databases_are_read_only_while_such_decisions_are_held(
     src = StreamSource(LapiClient(url, "test-key", 2.0), 10.0, geo=geo)
     assert src.pull_once()
     assert lookup(src, "198.51.100.7") == []
-    assert geo.locate.cache_info().misses == 0  # no Country/AS decision: no lookup
+    assert geo.cache_info().misses == 0  # no Country/AS decision: no lookup
     ident = lapi.add("FR", scope="Country")
     assert src.pull_once() and lookup(src, "198.51.100.7") == [("Country", "FR")]
     lapi.delete(ident)

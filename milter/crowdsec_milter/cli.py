@@ -152,6 +152,11 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
     p.add_argument("--geoip-asn-db", default=None, metavar="PATH",
                    help="MaxMind DB file giving an address's AS number (GeoLite2-ASN "
                         "layout): enforces AS decisions; off by default")
+    p.add_argument("--widest-range", default=",".join(map(str, d.widest_range)),
+                   metavar="V4,V6",
+                   help="widest Range decisions enforced, as IPv4,IPv6 prefix lengths: "
+                        "wider ones (0.0.0.0/0, ::/0: a typo would refuse every client) are "
+                        "logged once and counted, never enforced; 0,0 enforces all")
     p.add_argument("--stage", choices=[s.value for s in Stage], default=str(d.stage),
                    help="where a banned client is answered")
     for name, reply in (("reject", d.reject_reply), ("tempfail", d.tempfail_reply),
@@ -292,18 +297,29 @@ def split_list(name: str, values: Sequence[str] | None) -> tuple[str, ...] | Non
     return items
 
 
-def check_mmdb(option: str, path: str | None) -> str | None:
-    """A MaxMind DB file that opens, or ConfigError naming the option (checked at start,
-    not at the first client)."""
+def check_mmdb(kind: str, path: str | None) -> str | None:
+    """A MaxMind DB file that opens and is of the kind its option needs (`kind`: country,
+    as; an ASN database given as the country one would never match), or ConfigError
+    naming the option: checked at start and on SIGHUP, not at the first client."""
     if not path:
         return None
-    from .geo import Geo, GeoError  # maxminddb only when a database is given
+    from .geo import GeoError, load  # maxminddb only when a database is given
 
     try:
-        Geo(path, None).close()
+        load(path, kind)[0].close()
     except GeoError as exc:
-        raise ConfigError(str(exc).replace("--geoip-country-db", option)) from None
+        raise ConfigError(str(exc)) from None
     return path
+
+
+def check_widest(spec: str) -> tuple[int, int]:
+    """`--widest-range V4,V6`: two prefix lengths, or ConfigError naming the option."""
+    v4, sep, v6 = spec.replace("/", "").partition(",")
+    if (sep and v4.strip().isdigit() and v6.strip().isdigit()
+            and int(v4) <= 32 and int(v6) <= 128):
+        return int(v4), int(v6)
+    raise ConfigError(f"--widest-range {spec!r} is not V4,V6: an IPv4 prefix length (0-32) "
+                      "and an IPv6 one (0-128), such as 8,16")
 
 
 def check_header_name(name: str) -> str:
@@ -378,8 +394,9 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
         scenarios_not_containing=split_list("scenarios-not-containing",
                                             args.scenarios_not_containing) or (),
         tag_header=check_header_name(args.tag_header),
-        geoip_country_db=check_mmdb("--geoip-country-db", args.geoip_country_db),
-        geoip_asn_db=check_mmdb("--geoip-asn-db", args.geoip_asn_db),
+        geoip_country_db=check_mmdb("country", args.geoip_country_db),
+        geoip_asn_db=check_mmdb("as", args.geoip_asn_db),
+        widest_range=check_widest(args.widest_range),
         stage=Stage(args.stage),
         reject_reply=replies["reject"],
         tempfail_reply=replies["tempfail"],

@@ -40,7 +40,9 @@ def parse_duration(text: str) -> float:
     if fast is not None and text != "":
         h, m, sec = fast.groups()
         if h or m or sec:
-            return int(h or 0) * 3600.0 + int(m or 0) * 60.0 + float(sec or 0.0)
+            # float, not int: hours of 5,000 digits make inf (then refused as absurd)
+            # where int() raises ValueError past Python's 4,300-digit conversion limit
+            return float(h or 0) * 3600.0 + float(m or 0) * 60.0 + float(sec or 0.0)
     sign = 1.0
     body = text
     if body[0] in "+-":
@@ -144,6 +146,20 @@ def parse_network(scope: str, value: str) -> Network:
     return Network(net.version, net.prefixlen, int(net.network_address))
 
 
+# The widest Range decisions enforced, as prefix lengths (IPv4, IPv6); wider ones are set
+# aside (--widest-range). /8 is the largest block ever held by one organisation in IPv4 (the
+# legacy class A allocations); IANA hands the RIRs themselves /12s of IPv6 and the largest
+# allocations to one holder are about /19, so a /16 already spans many unrelated
+# networks. Anything wider (0.0.0.0/0, ::/0, 2000::/3) is a typo or a bug, and enforced it
+# would refuse mail from most of the Internet.
+WIDEST_RANGE = (8, 16)
+
+
+def too_wide(net: Network, widest: tuple[int, int] = WIDEST_RANGE) -> bool:
+    """Whether a decision's network is wider than `widest` (IPv4, IPv6 prefix lengths)."""
+    return net.prefixlen < widest[0 if net.family == 4 else 1]
+
+
 def network_text(family: int, prefixlen: int, number: int, scope: str) -> str:
     """A decision's value as the milter shows it (logs, events, replies): the canonical
     address, with its prefix length unless it is an Ip decision on a whole address."""
@@ -176,6 +192,13 @@ class Decision(NamedTuple):
     def severity(self) -> int:
         """Lower is more severe: ban, then captcha, then any other type."""
         return _SEVERITY.get(self.type, 2)
+
+
+class Partial(list):  # type: ignore[type-arg]
+    """Decisions found on an address while part of what may cover it could not be had
+    (its country's or AS's decisions: LAPI failed on that query, or the database could
+    not be read). The policy takes them as they are and gives the unknown part the
+    --on-lapi-error answer: the more severe of the two wins."""
 
 
 def _text(item: dict, key: str, limit: int = 256) -> str:
@@ -301,7 +324,7 @@ def parse_ipv4_fast(item: dict[str, Any], now: float
     h, m, sec = match.groups()
     if not (h or m or sec):
         return None
-    seconds = int(h or 0) * 3600.0 + int(m or 0) * 60.0 + float(sec or 0.0)
+    seconds = float(h or 0) * 3600.0 + float(m or 0) * 60.0 + float(sec or 0.0)
     if seconds > MAX_DURATION:
         return None
     return ident, address, (dtype.lower(), "Ip", origin, scenario), now + seconds

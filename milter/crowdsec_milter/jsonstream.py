@@ -24,6 +24,55 @@ class StreamFormatError(ValueError):
     """The answer is not a JSON object of arrays (or nulls)."""
 
 
+class LongNumber:
+    """A JSON integer with more digits than Python converts from text (4,300 by default,
+    `sys.set_int_max_str_digits`). It stands in for the number, so the decision holding it
+    is refused for a wrong type, and skipped and counted, instead of the whole answer
+    failing with a ValueError."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<a number of {self.digits} digits>"
+
+
+def _int(text: str) -> int | LongNumber:
+    try:
+        return int(text)
+    except ValueError:
+        return LongNumber(len(text.lstrip("-")))
+
+
+# Used only to read again a value the plain decoder refused for a too-long integer: a
+# parse_int hook costs a Python call per integer, so the usual path goes without it.
+_LENIENT = json.JSONDecoder(parse_int=_int)
+_TOO_DEEP = "JSON nested too deep"
+
+
+def loads(data: bytes) -> Any:
+    """A whole JSON document (a live answer), integers too long to convert read as
+    LongNumber; StreamFormatError for anything that is not JSON, or nested deeper than
+    the decoder's recursion allows."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StreamFormatError(f"not UTF-8: {exc.reason}") from None
+    try:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise
+        except ValueError:  # an integer over the conversion limit
+            return _LENIENT.decode(text)
+    except json.JSONDecodeError as exc:
+        raise StreamFormatError(f"bad JSON: {exc.msg}") from None
+    except RecursionError:
+        raise StreamFormatError(_TOO_DEEP) from None
+
+
 class _Reader:
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks = iter(chunks)
@@ -87,15 +136,21 @@ class _Reader:
     def value(self) -> Any:
         """One complete JSON value, reading more chunks until it is whole."""
         self.peek()
+        decoder = self._json
         while True:
             try:
-                value, end = self._json.raw_decode(self.buf, self.pos)
+                value, end = decoder.raw_decode(self.buf, self.pos)
             except json.JSONDecodeError as exc:
                 if len(self.buf) - self.pos > MAX_ELEMENT or self.eof or not self.more():
                     raise StreamFormatError(f"bad JSON: {exc.msg}") from None
                 continue
+            except ValueError:  # an integer over the conversion limit: read it again
+                decoder = _LENIENT
+                continue
+            except RecursionError:
+                raise StreamFormatError(_TOO_DEEP) from None
             # a number may go on in the next chunk ("0" then ".5")
-            if (isinstance(value, (int, float)) and not self.eof
+            if (isinstance(value, (int, float, LongNumber)) and not self.eof
                     and (end == len(self.buf) or self.buf[end] in _NUMBER) and self.more()):
                 continue
             self.pos = end

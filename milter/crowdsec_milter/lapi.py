@@ -14,7 +14,6 @@ deadline of the request the current thread is making.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import ssl
 import threading
@@ -26,7 +25,7 @@ import httpcore
 import httpx
 
 from . import __version__
-from .jsonstream import StreamFormatError, iter_arrays, iter_list
+from .jsonstream import StreamFormatError, iter_arrays, iter_list, loads
 
 USER_AGENT = f"crowdsec-milter/{__version__}"
 # An API key travels as a header value: printable ASCII, spaces only inside.
@@ -223,9 +222,10 @@ class LapiClient:
         with self._open(path, params, timeout, timeout) as chunks:
             body = b"".join(chunks)
         try:
-            return json.loads(body)
-        except ValueError as exc:
-            raise LapiError("decode", f"LAPI answer is not JSON ({len(body)} bytes)") from exc
+            return loads(body)
+        except StreamFormatError as exc:
+            raise LapiError("decode", f"LAPI answer is not JSON ({len(body)} bytes): "
+                                      f"{exc}") from exc
 
     def health(self) -> int:
         """HTTP status of GET /health (no authentication needed)."""

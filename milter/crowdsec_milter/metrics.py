@@ -82,7 +82,12 @@ class MilterCollector:
         usable.add_metric([], 1.0 if stats.usable else 0.0)
         bad = CounterMetricFamily(P + "bad_decisions", "Decisions from LAPI skipped as unusable")
         bad.add_metric([], stats.bad_decisions)
+        wide = GaugeMetricFamily(P + "decisions_too_wide",
+                                 "Range decisions known but not enforced: wider than "
+                                 "--widest-range")
+        wide.add_metric([], stats.wide)
         yield bad
+        yield wide
         if stats.held is not None:  # a source that holds decisions pulls them
             held = GaugeMetricFamily(P + "decisions", "Decisions held in memory",
                                      labels=["scope", "family"])

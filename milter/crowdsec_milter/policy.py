@@ -15,14 +15,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from .decisions import Decision, parse_address
+from .decisions import Decision, Partial, parse_address
 from .selection import RANK, ActionRules, Selection
 from .tally import LOOKUP_CLEAN, LOOKUP_MATCH, LOOKUP_UNAVAILABLE, Tally
 
 
 class DecisionSource(Protocol):
     """What the policy asks: the unexpired decisions covering an address, best first, or
-    None while no decision can be had. `usable` is False until decisions can be had.
+    None while no decision can be had; a `Partial` list when some could not be had (the
+    address's Country or AS decisions). `usable` is False until decisions can be had.
     complete=False lets a source stop at the first ban (the policy says when that is
     enough); Country and AS decisions on the address come with the rest."""
 
@@ -167,13 +168,19 @@ class Policy:
         if decisions is None:
             self.tally.inc(LOOKUP_UNAVAILABLE)
             return self.unavailable(text)
+        partial = isinstance(decisions, Partial)
         if decisions and self.selection.active:
             decisions = [d for d in decisions if self.selection.selects(d)]
         if not decisions:
-            self.tally.inc(LOOKUP_CLEAN)
-            return None
+            self.tally.inc(LOOKUP_UNAVAILABLE if partial else LOOKUP_CLEAN)
+            return self.unavailable(text) if partial else None
+        verdict = self.verdict_for(decisions, text)
+        if partial and RANK[self._on_error] > RANK[verdict.action]:
+            # what is known is milder than what --on-lapi-error gives the unknown part
+            self.tally.inc(LOOKUP_UNAVAILABLE)
+            return self.unavailable(text)
         self.tally.inc(LOOKUP_MATCH)
-        return self.verdict_for(decisions, text)
+        return verdict
 
     def verdict_for(self, decisions: list[Decision], ip: str) -> Verdict:
         """Each decision gets the action of its most specific --action key; the most severe

@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from .decisions import WIDEST_RANGE
 from .policy import Action, Reply, Stage
 from .selection import Selection
 
@@ -65,6 +66,7 @@ class Settings:
     lapi_key: str | None = _restart(None)
     geoip_country_db: str | None = _restart(None)  # the source is built with them
     geoip_asn_db: str | None = _restart(None)
+    widest_range: tuple[int, int] = _restart(WIDEST_RANGE)  # decisions are sorted as read
     log_level: str = "info"
     log_format: str = "text"
     milter_timeout: int = 600

@@ -19,13 +19,16 @@ from typing import Any, Protocol
 from cachetools import TLRUCache
 
 from .decisions import (
+    WIDEST_RANGE,
     Decision,
     DecisionError,
     Network,
+    Partial,
     network_text,
     parse_decision,
     parse_ipv4_fast,
     parse_scoped_decision,
+    too_wide,
 )
 from .geo import Geo, ScopedDecisions
 from .index import DecisionIndex
@@ -48,6 +51,7 @@ class SourceStats:
     active: int  # decisions held in memory (a live source holds none)
     held: dict[tuple[str, int], int] | None = None  # by (scope, family), where held
     last_good: float | None = None  # monotonic time of the last good pull, where pulled
+    wide: int = 0  # Range decisions known but not enforced: wider than --widest-range
     cache_hits: int | None = None  # where answers are cached
     cache_entries: int | None = None
     cache_size: int | None = None
@@ -124,17 +128,77 @@ class _Counter:
                         self.bad, self.first)
 
 
+class WideRanges:
+    """Range decisions wider than --widest-range: known, never enforced (one mistyped
+    0.0.0.0/0 would refuse every client of the MTA), each logged once with its id and
+    origin, and counted for metrics, `check` and `lookup`. Written by the puller or by
+    live lookups, read by metrics: a lock, the set is small."""
+
+    LIMIT = 10_000  # decisions held aside at most (expired ones go first)
+
+    def __init__(self, widest: tuple[int, int] = WIDEST_RANGE,
+                 logged: set[int] | None = None) -> None:
+        self.widest = widest
+        self._held: dict[int, Decision] = {}
+        self._logged = logged if logged is not None else set()  # ids already logged
+        self._lock = threading.Lock()
+
+    def fresh(self) -> WideRanges:
+        """An empty set for a full resync, sharing what was logged (logged once, not at
+        every resync)."""
+        return WideRanges(self.widest, self._logged)
+
+    def settle(self) -> None:
+        """After a resync swapped this set in: forget the log marks of decisions gone."""
+        with self._lock:
+            self._logged.intersection_update(self._held)
+
+    def catch(self, decision: Decision, net: Network) -> bool:
+        """True when the decision is too wide: then held aside (logged the first time)."""
+        if not too_wide(net, self.widest):
+            return False
+        with self._lock:
+            if len(self._held) >= self.LIMIT and decision.id not in self._held:
+                held = self._held
+                del held[min(held, key=lambda i: held[i].expires)]
+            self._held[decision.id] = decision
+            new = decision.id not in self._logged
+            self._logged.add(decision.id)
+            if len(self._logged) > 2 * self.LIMIT:  # live mode never resyncs: bound it
+                self._logged.intersection_update(self._held)
+        if new:
+            bound = self.widest[0 if net.family == 4 else 1]
+            log.warning("not enforcing decision id=%d type=%s scope=%s value=%s origin=%s "
+                        "scenario=%s: wider than /%d for IPv%d (--widest-range %d,%d); it "
+                        "would block every client it covers", decision.id, decision.type,
+                        decision.scope, decision.value, decision.origin, decision.scenario,
+                        bound, net.family, *self.widest)
+        return True
+
+    def drop(self, ident: int) -> bool:
+        with self._lock:
+            return self._held.pop(ident, None) is not None
+
+    def held(self, now: float) -> list[Decision]:
+        """The unexpired decisions set aside (expired ones are forgotten)."""
+        with self._lock:
+            for ident in [i for i, d in self._held.items() if d.expires <= now]:
+                del self._held[ident]
+            return list(self._held.values())
+
+
 def _add(item: Any, now: float, into: DecisionIndex, count: _Counter,
-         scoped: ScopedDecisions | None = None) -> None:
-    """Hold one decision: Ip and Range ones in the index, Country and AS ones in `scoped`
-    (when there is one: a database to match them)."""
+         scoped: ScopedDecisions | None = None, wide: WideRanges | None = None) -> None:
+    """Hold one decision: Ip and Range ones in the index (too wide ones aside in `wide`),
+    Country and AS ones in `scoped` (when there is one: a database to match them)."""
     if item.__class__ is dict:
         fast = parse_ipv4_fast(item, now)
         if fast is not None and into.add_ipv4(*fast):
             return
     parsed = count.parse(item, now)
     if parsed is not None:
-        into.add(*parsed)
+        if wide is None or not wide.catch(*parsed):
+            into.add(*parsed)
     elif scoped is not None:
         geo = count.parse_scoped(item, now)
         if geo is not None:
@@ -142,7 +206,7 @@ def _add(item: Any, now: float, into: DecisionIndex, count: _Counter,
 
 
 def _delete(item: Any, now: float, index: DecisionIndex,
-            scoped: ScopedDecisions | None = None) -> int:
+            scoped: ScopedDecisions | None = None, wide: WideRanges | None = None) -> int:
     """Drop one decision LAPI lists as deleted (by id: another decision on the same value
     stays); 1 if it was held."""
     try:
@@ -153,6 +217,8 @@ def _delete(item: Any, now: float, index: DecisionIndex,
     except DecisionError as exc:
         log.debug("ignoring unusable deleted decision: %s", exc)
         return 0
+    if parsed is not None and wide is not None and too_wide(parsed[1], wide.widest):
+        return 1 if wide.drop(parsed[0].id) else 0
     return 1 if parsed is not None and index.remove(parsed[0].id, parsed[1]) else 0
 
 
@@ -174,8 +240,9 @@ class StreamSource(_LapiSource):
     def __init__(self, client: LapiClient, update_frequency: float, *,
                  resync_interval: float = 3600.0,
                  clock: Callable[[], float] = time.monotonic,
-                 geo: Geo | None = None) -> None:
+                 geo: Geo | None = None, widest: tuple[int, int] = WIDEST_RANGE) -> None:
         super().__init__(client, clock)
+        self._wide = WideRanges(widest)
         # Country and AS decisions, asked of LAPI only for the scopes a database can match
         self._geo = geo
         self._scopes = ",".join(("ip", "range", *geo.scopes)) if geo and geo.scopes else ""
@@ -211,7 +278,10 @@ class StreamSource(_LapiSource):
         scoped = self._scoped
         if self._geo is not None and (scoped.held["Country"] or scoped.held["AS"]):
             # the databases are read only while some Country or AS decision is held
-            country, asn = self._geo.locate(text)
+            located = self._geo.locate(text)
+            if located is None:  # a database could not be read: Ip and Range stand
+                return Partial(found)
+            country, asn = located
             extra = (scoped.lookup("Country", country, now) if country else []) + \
                 (scoped.lookup("AS", asn, now) if asn else [])
             if extra:
@@ -235,7 +305,12 @@ class StreamSource(_LapiSource):
         return SourceStats("stream", self._synced, counts.requests, dict(counts.errors),
                            counts.bad_decisions, len(self._index) + len(self._scoped),
                            held=self._index.counts(),
-                           last_good=counts.last_good)
+                           last_good=counts.last_good,
+                           wide=len(self._wide.held(self._clock())))
+
+    def too_wide(self) -> list[Decision]:
+        """The Range decisions held aside as wider than --widest-range."""
+        return self._wide.held(self._clock())
 
     def pull_once(self) -> bool:
         """One pull (a full resync when due or after a failure); False if it failed.
@@ -277,11 +352,12 @@ class StreamSource(_LapiSource):
         log.info("stream resync: pulling every active decision")
         fresh = DecisionIndex(private=True)  # nobody reads it yet: grown in place
         fresh_scoped = ScopedDecisions() if self._geo is not None else None
+        fresh_wide = self._wide.fresh()
         count = _Counter()
         seen = 0
         for key, item in self._items(True):
             if key == "new":
-                _add(item, now, fresh, count, fresh_scoped)
+                _add(item, now, fresh, count, fresh_scoped, fresh_wide)
                 seen += 1
                 if seen % 100_000 == 0:  # a big blocklist takes seconds: say so
                     log.info("stream resync: %d decisions read so far", seen)
@@ -294,6 +370,8 @@ class StreamSource(_LapiSource):
         self._index = fresh  # swapped whole: readers see the old index or the new one
         if fresh_scoped is not None:
             self._scoped = fresh_scoped
+        self._wide = fresh_wide
+        fresh_wide.settle()
         self._last_startup = done
         self._need_startup = False
         log.info("stream resync: %d decision(s) held", len(fresh))
@@ -310,10 +388,10 @@ class StreamSource(_LapiSource):
         with index.lock:
             for key, item in self._items(False):
                 if key == "new":
-                    _add(item, now, index, count, scoped)
+                    _add(item, now, index, count, scoped, self._wide)
                     added += 1
                 else:
-                    deleted += _delete(item, now, index, scoped)
+                    deleted += _delete(item, now, index, scoped, self._wide)
         count.report(self._counts)
         if added or deleted:
             log.info("stream delta: %d new, %d deleted, %d held", added, deleted, len(index))
@@ -407,8 +485,9 @@ class LiveSource(_LapiSource):
 
     def __init__(self, client: LapiClient, cache_ttl: float, *, timeout: float,
                  maxsize: int = 100_000, clock: Callable[[], float] = time.monotonic,
-                 geo: Geo | None = None) -> None:
+                 geo: Geo | None = None, widest: tuple[int, int] = WIDEST_RANGE) -> None:
         super().__init__(client, clock)
+        self._wide = WideRanges(widest)
         self._geo = geo  # also asks for the address's Country and AS decisions
         self._ttl = cache_ttl
         self._timeout = timeout
@@ -438,8 +517,14 @@ class LiveSource(_LapiSource):
         with self._lock:  # expired answers linger until the cache next touches them
             entries = len(self._cache)
         return SourceStats("live", self._ok, counts.requests, dict(counts.errors),
-                           counts.bad_decisions, 0, cache_hits=self._cache_hits,
+                           counts.bad_decisions, 0, wide=len(self._wide.held(self._clock())),
+                           cache_hits=self._cache_hits,
                            cache_entries=entries, cache_size=int(self._cache.maxsize))
+
+    def too_wide(self) -> list[Decision]:
+        """The Range decisions seen in answers and not enforced: wider than
+        --widest-range."""
+        return self._wide.held(self._clock())
 
     def _ttu(self, _key: Any, decisions: list[Decision], now: float) -> float:
         if decisions:
@@ -449,21 +534,27 @@ class LiveSource(_LapiSource):
     def lookup(self, family: int, number: int, text: str,
                complete: bool = True) -> list[Decision] | None:
         """Every decision LAPI holds on the address (`complete` changes nothing here), with
-        those on its country and AS when a database tells them; each answer cached."""
+        those on its country and AS when a database tells them; each answer cached.
+
+        None when the address's own query fails (LAPI is down: no more queries to wait
+        on). When its country's or AS's fails, or the database cannot be read, what was
+        had comes as a Partial list: an Ip ban already fetched still counts."""
         found = self._cached(f"{family}:{number}", lambda: self._client.query(text))
         if self._geo is None or found is None:
             return found
-        country, asn = self._geo.locate(text)
-        for scope, value in (("Country", country), ("AS", asn)):
-            if value:
+        located = self._geo.locate(text)
+        unknown = located is None
+        for scope, value in zip(("Country", "AS"), located or ("", ""), strict=True):
+            if value and not unknown:
                 more = self._cached(f"{scope}:{value}",
                                     lambda s=scope, v=value: self._client.query_scope(s, v))
                 if more is None:
-                    return None
-                found = found + more
+                    unknown = True  # and ask no more of a LAPI that just failed
+                else:
+                    found = found + more
         if len(found) > 1:
             found.sort(key=lambda d: (d.severity, -d.expires))
-        return found
+        return Partial(found) if unknown else found
 
     def _cached(self, key: str, ask: Callable[[], list[Any]]) -> list[Decision] | None:
         """The cached answer under `key`, or one request (`ask`) shared by every lookup of
@@ -515,6 +606,8 @@ class LiveSource(_LapiSource):
             parsed = count.parse(item, now)
             if parsed is not None:
                 decision, net = parsed
+                if self._wide.catch(decision, net):
+                    continue
                 value = network_text(net.family, net.prefixlen, net.number, decision.scope)
                 found[decision.id, net] = decision._replace(value=value)
             elif self._geo is not None:

@@ -22,11 +22,14 @@ from collections import Counter
 from collections.abc import Iterable
 
 from .decisions import (
+    WIDEST_RANGE,
     DecisionError,
+    Partial,
     iso_expiry,
     parse_address,
     parse_decision,
     parse_scoped_decision,
+    too_wide,
 )
 from .lapi import LapiError
 from .policy import Action, Stage
@@ -94,7 +97,8 @@ def count_decisions(items: Iterable[object], selection: Selection | None = None,
     skipped: Counter[str] = Counter()  # Country/AS decisions without their database
     usable = {"Country": bool(settings and settings.geoip_country_db),
               "AS": bool(settings and settings.geoip_asn_db)}
-    other = bad = 0
+    widest = settings.widest_range if settings else WIDEST_RANGE
+    other = bad = wide = 0
     for item in items:
         try:
             parsed = parse_decision(item, now)
@@ -104,6 +108,8 @@ def count_decisions(items: Iterable[object], selection: Selection | None = None,
             continue
         if decision is None:
             other += 1
+        elif parsed is not None and too_wide(parsed[1], widest):
+            wide += 1
         elif decision.scope in usable and not usable[decision.scope]:
             skipped[decision.scope] += 1
         else:
@@ -121,6 +127,9 @@ def count_decisions(items: Iterable[object], selection: Selection | None = None,
     for scope, option in (("Country", "--geoip-country-db"), ("AS", "--geoip-asn-db")):
         if skipped[scope]:
             text += f"; {skipped[scope]} {scope} (not used: no {option})"
+    if wide:
+        text += (f"; {wide} too wide (not enforced: wider than --widest-range "
+                 f"{widest[0]},{widest[1]})")
     if other:
         text += f"; {other} of other scopes (not used)"
     if bad:
@@ -128,9 +137,13 @@ def count_decisions(items: Iterable[object], selection: Selection | None = None,
     return text
 
 
-def geo_line(settings: Settings, country: str, asn: str) -> str:
+def geo_line(settings: Settings, located: tuple[str, str] | None) -> str:
     """What lookup says of Country and AS decisions: the address's country and AS, or why
-    such decisions are not checked."""
+    such decisions are not checked (None: a database could not be read)."""
+    if located is None:
+        return ("country and AS unknown: a --geoip-* database cannot be read (see the log); "
+                "Ip and Range decisions still apply")
+    country, asn = located
     parts = []
     if settings.geoip_country_db:
         parts.append(f"country {country or 'unknown'} (--geoip-country-db)")
@@ -158,14 +171,19 @@ def lookup(ip: str, settings: Settings) -> int:
     client = make_client(settings)
     geo = make_geo(settings)
     try:
-        source = LiveSource(client, 1.0, timeout=settings.lapi_timeout, geo=geo)
+        source = LiveSource(client, 1.0, timeout=settings.lapi_timeout, geo=geo,
+                            widest=settings.widest_range)
         policy = make_policy(settings, source)
         family, number, text = address
-        print(geo_line(settings, *(geo.locate(text) if geo else ("", ""))))
+        located = geo.locate(text) if geo else ("", "")
+        print(geo_line(settings, located))
         decisions = source.lookup(family, number, text)
         if decisions is None:
             print(f"LAPI could not answer; clients get: {settings.on_lapi_error}")
             return 1
+        if isinstance(decisions, Partial):
+            print(f"the Country/AS decisions on this address could not be had; for them "
+                  f"clients get: {settings.on_lapi_error} (the more severe answer wins)")
         now = time.monotonic()
         wall = time.time()
         for d in decisions:
@@ -176,6 +194,11 @@ def lookup(ip: str, settings: Settings) -> int:
             action, key = policy.action_for(d)
             print(f"  not selected (dropped by {why})" if why else
                   f"  selected; --action key {key}: {action}")
+        for d in source.too_wide():
+            print(f"decision id={d.id} type={d.type} scope={d.scope} value={d.value} "
+                  f"origin={d.origin} scenario={d.scenario}")
+            print(f"  not enforced: wider than --widest-range "
+                  f"{settings.widest_range[0]},{settings.widest_range[1]}")
         if not decisions:
             print("no decision covers this address")
         verdict = policy.check(ip)

@@ -68,9 +68,10 @@ def make_source(settings: Settings, client: LapiClient) -> Source:
     geo = make_geo(settings)
     if settings.mode == "stream":
         return StreamSource(client, settings.update_frequency,
-                            resync_interval=settings.resync_interval, geo=geo)
+                            resync_interval=settings.resync_interval, geo=geo,
+                            widest=settings.widest_range)
     return LiveSource(client, settings.cache_ttl, timeout=settings.lapi_timeout,
-                      maxsize=settings.cache_size, geo=geo)
+                      maxsize=settings.cache_size, geo=geo, widest=settings.widest_range)
 
 
 def make_policy(settings: Settings, source: DecisionSource, tally: Tally | None = None) -> Policy:
