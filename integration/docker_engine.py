@@ -2,15 +2,15 @@
 exec root, socket, pid file, bridge and address pool, so it clashes with no other engine on
 the machine, and stopped by its PID leaving no bridge, firewall rule or forwarding change.
 
-It also runs inside a chroot (CI's fresh root filesystems): dockerd and runc need "/" to be
-a mount point and the cgroup hierarchies mounted, which a chroot does not give. So dockerd
-starts in a mount namespace of its own where "/" is bound onto itself and entered again
-(chroot into the bind), and the cgroup file systems are mounted there when /sys/fs/cgroup is
-empty. Nothing of that is seen outside dockerd's namespace.
+It also runs in CI's fresh root filesystems, if they are entered with pivot_root (a plain
+chroot cannot host dockerd: see _LAUNCH). dockerd starts in a mount namespace of its own,
+where the cgroup file systems are mounted when /sys/fs/cgroup is empty (a fresh sysfs);
+nothing of that is seen outside it.
 
-Base images come from debootstrap (no registry): `debian:bookworm-slim` is a minbase
-bookworm imported as is; the stand-ins in integration/standins are built on it and tagged
-with the names the project's Dockerfiles and compose file use.
+Base images come from debootstrap (no registry): a minbase bookworm is imported, and the
+stand-ins in integration/standins (debian:bookworm-slim, python:3.11-slim-bookworm,
+crowdsecurity/crowdsec) are built on it, tagged with the names the project's Dockerfiles and
+compose file use.
 """
 
 from __future__ import annotations
@@ -37,23 +37,20 @@ CI_TARBALL = Path("/var/cache/crowdsec-milter-ci/bookworm-minbase.tar.gz")
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin"
 
 # Run in dockerd's own mount namespace: cgroups are mounted if the root has none (a fresh
-# sysfs), then dockerd. In a plain chroot, "/" is no mount point, which dockerd and runc need:
-# there "/" is bound onto itself and entered. Containers then run, but `docker exec` (and so
-# HEALTHCHECK) lands in the namespace's real root instead of the container's (setns finds the
-# root at the top of the mount stack over the namespace's rootfs, and a chroot's bind is not
-# there); Engine.start() checks for that and says so.
+# sysfs, as in CI's root filesystems), then dockerd. "/" must be the top mount of the
+# namespace: in a plain chroot it is not, and although containers then run (after binding
+# "/" onto itself), `docker exec` and so every HEALTHCHECK land in the namespace's real root
+# instead of the container's (setns looks the root up from the namespace's own root mount).
+# A root filesystem entered with pivot_root, not chroot, has it right.
 _LAUNCH = r"""
 set -eu
-root=$1; shift
-mount --make-rprivate / 2>/dev/null || true
-enter=""
 if ! awk '$5 == "/" {found = 1} END {exit !found}' /proc/self/mountinfo; then
-  mount --rbind / "$root"
-  enter="chroot $root"
-else
-  root=""
+  echo "dockerd cannot run here: / is not a mount point (a chroot?); enter the root" \
+       "filesystem with pivot_root instead of chroot" >&2
+  exit 3
 fi
-cg="$root/sys/fs/cgroup"
+mount --make-rprivate /
+cg=/sys/fs/cgroup
 if [ -d "$cg" ] && [ -z "$(ls -A "$cg")" ]; then
   if awk 'NR > 1 && $4 == 1 && $2 != 0 {v1 = 1} END {exit !v1}' /proc/cgroups; then
     mount -t tmpfs -o mode=755 cgroup "$cg"
@@ -69,7 +66,7 @@ if [ -d "$cg" ] && [ -z "$(ls -A "$cg")" ]; then
     mount -t cgroup2 cgroup2 "$cg"
   fi
 fi
-exec $enter /usr/bin/env PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"
+exec "$@"
 """
 
 _SYSCTLS = ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding",
@@ -159,7 +156,6 @@ class Engine:
         self._sysctl_before = {k: Path("/proc/sys", k).read_text().strip() for k in _SYSCTLS
                                if Path("/proc/sys", k).exists()}
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "root").mkdir(exist_ok=True)
         self.data_root.mkdir(parents=True, exist_ok=True)
         gateway = next(self.bridge_net.hosts())
         _run("ip", "link", "add", self.name, "type", "bridge")
@@ -172,7 +168,7 @@ class Engine:
         self._logfile = open(self.log, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "unchanged", "sh", "-c", _LAUNCH,
-             "launch", str(self.run_dir / "root"), *args],
+             "launch", *args],
             stdout=self._logfile, stderr=subprocess.STDOUT, env={**os.environ, "PATH": PATH})
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
