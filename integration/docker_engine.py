@@ -210,19 +210,51 @@ class Engine:
             self._logfile.close()
             self.proc = None
         _run("ip", "link", "del", self.name, check=False)
-        self._restore_rules()
-        for key, value in self._sysctl_before.items():
-            Path("/proc/sys", key).write_text(value + "\n")
+        alone = not self._others()
+        self._restore_rules(alone)
+        if alone:  # another engine still running needs forwarding on
+            for key, value in self._sysctl_before.items():
+                Path("/proc/sys", key).write_text(value + "\n")
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
-    def _restore_rules(self) -> None:
-        """Deletes the rules and chains dockerd added since start, restores policies."""
+    def _ours(self, line: str) -> bool:
+        """A rule about this engine: it names our bridge or an address in our pool."""
+        if re.search(rf"(?<![\w-]){self.name}(?![\w-])", line):
+            return True
+        for word in re.findall(r"\d+\.\d+\.\d+\.\d+(?:/\d+)?", line):
+            if ipaddress.ip_network(word, strict=False).subnet_of(self.pool):
+                return True
+        return False
+
+    def _others(self) -> list[str]:
+        """Rules naming interfaces this engine never made: another engine (a parallel run,
+        a Docker of the machine's own) shares Docker's chains and needs forwarding on."""
+        found = []
+        for cmd in self._before:
+            for lines in _rules(cmd).values():
+                for line in lines:
+                    names = re.findall(r"(?:^| )-[io] (\S+)", line)
+                    if any(n != self.name and not n.startswith("br-") for n in names) \
+                            and not self._ours(line):
+                        found.append(line)
+        for name in re.findall(r"^\d+: ((?:cmt\d+|docker\d+|br-[0-9a-f]+))[:@]",
+                               _run("ip", "-o", "link", "show").stdout, re.M):
+            if name != self.name:
+                found.append(f"link {name}")
+        return found
+
+    def _restore_rules(self, alone: bool) -> None:
+        """Deletes the rules dockerd added for this engine since start; when no other engine
+        is left, also the chains and jumps it added and the policies it changed."""
         for cmd, before in self._before.items():
             after = _rules(cmd)
             for table, lines in after.items():
                 old = before.get(table, [])
-                for line in reversed([x for x in lines if x.startswith("-A") and x not in old]):
+                new = [x for x in lines if x.startswith("-A") and x not in old]
+                for line in reversed([x for x in new if alone or self._ours(x)]):
                     _run(cmd, "-t", table, "-D", *shlex.split(line[3:]), check=False)
+                if not alone:
+                    continue
                 old_chains = {x.split()[0][1:]: x.split()[1] for x in old if x.startswith(":")}
                 for line in lines:
                     if not line.startswith(":"):
@@ -235,19 +267,22 @@ class Engine:
                         _run(cmd, "-t", table, "-P", chain, old_chains[chain], check=False)
 
     def leftovers(self) -> list[str]:
-        """What this engine left on the machine after stop(): for the test to assert on."""
+        """What this engine left on the machine after stop(): its bridge, rules about it, and,
+        when no other engine runs, any rule, chain or forwarding change since start."""
         found = []
         links = _run("ip", "-o", "link", "show").stdout
         if re.search(rf"^\d+: {self.name}[:@]", links, re.M):
             found.append(f"bridge {self.name}")
+        alone = not self._others()
         for cmd, before in self._before.items():
             after = _rules(cmd)
             for table, lines in after.items():
-                extra = [x for x in lines if x not in before.get(table, [])]
+                extra = [x for x in lines if x not in before.get(table, [])
+                         and (alone or self._ours(x))]
                 found += [f"{cmd} -t {table}: {x}" for x in extra]
         for key, value in self._sysctl_before.items():
             now = Path("/proc/sys", key).read_text().strip()
-            if now != value:
+            if alone and now != value:
                 found.append(f"{key} = {now} (was {value})")
         return found
 
