@@ -20,8 +20,8 @@ RUN apt-get update \
  && groupadd --gid 10001 milter \
  && useradd --uid 10001 --gid milter --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin milter \
- && mkdir -p /var/log/crowdsec-milter \
- && chown milter:milter /var/log/crowdsec-milter
+ && mkdir -p /var/log/crowdsec-milter /var/lib/crowdsec-milter \
+ && chown milter:milter /var/log/crowdsec-milter /var/lib/crowdsec-milter
 COPY --from=build /wheels /wheels
 # root is the only user here while building: pip's warning about it does not apply
 RUN pip install --no-cache-dir --no-index --root-user-action=ignore /wheels/*.whl \

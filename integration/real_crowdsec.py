@@ -108,7 +108,8 @@ decisions:
  - type: ban
    duration: {self.ban_duration}
 on_success: break
-""")
+---
+""" + (CONTENT / "profiles" / "crowdsec-milter.yaml").read_text())
         (self.etc / "acquis.yaml").write_text("")
 
     def install_content(self, acquis_file: Path) -> None:

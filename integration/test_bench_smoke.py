@@ -29,3 +29,12 @@ def test_benchmarks_run_at_smoke_size() -> None:
     for config in ("C accept", "C same protocol", "py same protocol", "crowdsec-milter",
                    "crowdsec bouncer"):
         assert any(f.endswith(f": {config}") for f in figures), (config, figures)
+
+
+def test_the_state_file_bench_runs_at_smoke_size() -> None:
+    out = subprocess.run([sys.executable, str(RUN.parent / "state.py"), "--smoke"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for figure in ("file:", "write (encode", "load (read", "longest gap",
+                   "banned addresses found after a load: 2000/2000"):
+        assert figure in out.stdout, (figure, out.stdout)

@@ -115,3 +115,34 @@ def test_tools_never_steal_a_slow_milters_delta(tmp_path: Path) -> None:
         cs.stop()
 
 
+
+
+def test_check_and_lookup_show_decisions_on_logins(tmp_path: Path) -> None:
+    cs = CrowdSec(tmp_path / "cs").start()
+    try:
+        key_file = tmp_path / "key"
+        key_file.write_text(cs.add_bouncer("tools") + "\n")
+        key_file.chmod(0o600)
+        cs.cscli("decisions", "add", "--scope", "username", "--value", "alice",
+                 "--duration", "10m", "--reason", "crowdsec-milter/account-roaming")
+        cs.add_decision(ip="203.0.113.5")
+        live = ("--mode", "live")
+        result = tool("check", *live, url=cs.lapi_url, key_file=key_file)
+        assert "active decisions: 1 (ban Ip: 1); 1 username (not used: no " \
+               "--account-decisions)" in result.stdout, result.stdout
+        result = tool("check", *live, "--account-decisions", url=cs.lapi_url,
+                      key_file=key_file)
+        assert "active decisions: 2 (ban Ip: 1, ban username: 1)" in result.stdout
+        result = tool("lookup", "user:alice", *live, "--account-decisions", url=cs.lapi_url,
+                      key_file=key_file)
+        assert result.returncode == 3, result.stdout + result.stderr
+        assert "scope=username value=alice origin=cscli" in result.stdout
+        assert "milter answer: reject at mail: 550 5.7.1 account alice is locked" in \
+            result.stdout
+        result = tool("lookup", "user:alice", *live, url=cs.lapi_url, key_file=key_file)
+        assert result.returncode == 0 and "no --account-decisions" in result.stdout
+        result = tool("lookup", "user:bob", *live, "--account-decisions", url=cs.lapi_url,
+                      key_file=key_file)
+        assert result.returncode == 0 and "no decision on login bob" in result.stdout
+    finally:
+        cs.stop()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import Milter
-from crowdsec_milter.decisions import Decision, parse_decision
+from crowdsec_milter.decisions import Decision, parse_decision, parse_scoped_decision
 from crowdsec_milter.events import EventWriter
 from crowdsec_milter.index import DecisionIndex
 from crowdsec_milter.policy import DecisionSource, Policy, Stage
@@ -24,6 +24,7 @@ class IndexSource:
 
     def __init__(self, usable: bool = True) -> None:
         self.index = DecisionIndex()
+        self.accounts: dict[str, list[Decision]] = {}
         self.usable = usable
         self.asked: list[str] = []
 
@@ -33,13 +34,22 @@ class IndexSource:
         self.asked.append(text)
         return self.index.lookup(family, number, 0.0, complete) if self.usable else None
 
+    def lookup_account(self, user: str) -> list[Decision] | None:
+        return self.accounts.get(user, []) if self.usable else None
+
     def add(self, ident: int, value: str, type_: str = "ban", scope: str = "Ip",
             scenario: str = "crowdsecurity/postfix-spam", origin: str = "crowdsec",
             duration: str = "1h") -> None:
         parsed = parse_decision({"id": ident, "type": type_, "scope": scope, "value": value,
                                  "duration": duration, "origin": origin,
                                  "scenario": scenario}, 0.0)
-        assert parsed is not None
+        if parsed is None:  # a login's decision
+            account = parse_scoped_decision({"id": ident, "type": type_, "scope": scope,
+                                             "value": value, "duration": duration,
+                                             "origin": origin, "scenario": scenario}, 0.0)
+            assert account is not None
+            self.accounts.setdefault(value, []).append(account)
+            return
         self.index.add(*parsed)
 
 
@@ -58,6 +68,11 @@ def make(source: DecisionSource, **settings: Any) -> Policy:
 class Ctx(MilterTestCtx):
     """pymilter's TestCtx, driven callback by callback as an MTA does; NOREPLY (a callback
     negotiated as no-reply) reads as CONTINUE, which is what the MTA assumes."""
+
+    def setsymlist(self, stage: int, macros: str) -> None:
+        """pymilter's TestCtx refuses more than 5 macros a stage; libmilter, Postfix and
+        Sendmail (up to 50) take the list whole, as the real-Postfix tests show."""
+        self._symlist[stage] = set(macros.encode().split(b" "))
 
     def _connect(self, host: str = "localhost", helo: str = "client.example",
                  ip: str = "192.0.2.1") -> int:

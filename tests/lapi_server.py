@@ -65,6 +65,15 @@ class FakeLapi:
             self._pending_new.append(d)
             return ident
 
+    def slip(self, value: str, duration: str = "4h") -> int:
+        """A decision LAPI holds but no delta will ever bring: as CrowdSec 1.4.6 does with
+        one committed while a pull ran (its created_at falls before the cursor the pull
+        then set); only a full pull (startup=true) has it."""
+        ident = self.add(value, duration=duration)
+        with self._lock:
+            self._pending_new = [d for d in self._pending_new if d["id"] != ident]
+        return ident
+
     def delete(self, ident: int) -> None:
         with self._lock:
             d = self.decisions.pop(ident)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -55,18 +56,26 @@ class MilterProcess:
         self.args = ["--socket", f"inet:{self.port}@127.0.0.1", "--lapi-url", lapi_url,
                      "--api-key-file", str(self.keyfile), "--event-log", str(self.events),
                      "--log-level", "debug", *args]
+        if "--state-file" not in args:  # the default, in /var/lib, would be shared by tests
+            self.args += ["--state-file", "none"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_ready: str | None = "decision(s) held",
-              env: dict[str, str] | None = None) -> MilterProcess:
+              env: dict[str, str] | None = None,
+              nofile: tuple[int, int] | None = None) -> MilterProcess:
         """Start and wait until the socket accepts and `wait_ready` is in the log; `env`
-        adds variables (NOTIFY_SOCKET, ...)."""
+        adds variables (NOTIFY_SOCKET, ...); `nofile` sets the (soft, hard) limit of open
+        files the program starts with, as systemd's LimitNOFILE= would."""
         base = {k: v for k, v in os.environ.items()
                 if not k.startswith(("CROWDSEC_MILTER_", "NOTIFY_SOCKET", "WATCHDOG_"))}
         env = {**base, **(env or {})}
         self._log = open(self.logfile, "ab")  # noqa: SIM115
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
         self.proc = subprocess.Popen([EXE, *self.args], stdout=self._log, stderr=self._log,
-                                     env=env, cwd="/")
+                                     env=env, cwd="/", preexec_fn=limit)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

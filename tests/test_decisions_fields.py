@@ -154,8 +154,21 @@ def test_a_country_or_as_decision_is_read_with_its_fields() -> None:
                                        scenario=None), 0.0)
         assert d is not None and (d.scope, d.value, d.origin, d.scenario) == \
             ("AS", "64500", "", ""), scope
-    for scope in ("Ip", "Range", "username", None, 7):
+    for scope in ("Ip", "Range", "user", "session", None, 7):
         assert parse_scoped_decision(item(scope=scope), 0.0) is None, scope
+
+
+def test_a_login_decision_is_read_with_its_value_as_spelled() -> None:
+    """A username decision's value is compared exactly (logins are case-sensitive on most
+    SASL backends); a scope spelled otherwise still reads as the one scope."""
+    for scope in ("username", "Username"):
+        got = parse_scoped_decision(item(id=9, scope=scope, value="Alice@Example.org"), 0.0)
+        assert got is not None and (got.id, got.scope, got.value) == \
+            (9, "username", "Alice@Example.org")
+    for bad in ("", "a\r\nb", "x" * 257, "tab\there"):
+        with pytest.raises(DecisionError, match="username decision value is not usable"):
+            parse_scoped_decision(item(scope="username", value=bad), 0.0)
+    assert normalize_scoped("username", " alice ") == " alice "
 
 
 @pytest.mark.parametrize(("bad", "message"), [

@@ -231,11 +231,11 @@ def test_an_unexpected_sink_error_is_counted_reported_and_the_writer_goes_on(
     class FailsOnce(_Sink):
         failed = False
 
-        def write(self, batch: list[str]) -> None:
+        def write(self, batch: list[str]) -> tuple[int, OSError | None]:
             if not self.failed:
                 self.failed = True
                 raise RuntimeError("a bug in a sink")
-            super().write(batch)
+            return super().write(batch)
 
     path = tmp_path / "events.log"
     caplog.set_level(logging.INFO)

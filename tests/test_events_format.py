@@ -18,14 +18,14 @@ def test_an_event_line_exactly() -> None:
     line = format_event("client_blocked", fields | {"time": "x", "event": "x", "v": 7},
                         1700000000.25)
     assert line == (
-        '{"time":"2023-11-14T22:13:20.250000Z","event":"client_blocked","v":2,'
+        '{"time":"2023-11-14T22:13:20.250000Z","event":"client_blocked","v":3,'
         '"client_ip":"192.0.2.1","client_name":"","helo":"mx.\u00e9.example","mail_from":"",'
         '"rcpt":"","stage":"rcpt","action":"reject","enforced":true,"reason":"decision",'
         '"decision_type":"ban","decision_scope":"Ip","decision_value":"192.0.2.1",'
         '"scenario":"","origin":"","decision_id":42,"decision_until":"","mta":""}\n')
     doc = validate_line(line)
     assert doc["enforced"] is True and doc["decision_id"] == 42
-    assert doc["v"] == EVENT_VERSION == 2
+    assert doc["v"] == EVENT_VERSION == 3
 
 
 def test_false_is_json_false() -> None:

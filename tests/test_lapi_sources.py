@@ -415,3 +415,49 @@ def test_first_sync_takes_any_answer(fake_lapi: tuple[FakeLapi, str]) -> None:
     src = StreamSource(client(url), 10.0)
     assert src.pull_once()
     assert [d.id for d in src.lookup(*key("203.0.113.7"), "")] == [a]
+
+
+def test_a_decision_no_delta_brings_is_held_within_a_minute(
+        fake_lapi: tuple[FakeLapi, str]) -> None:
+    """CrowdSec 1.4.6 can leave a decision out of every delta (seen in
+    integration/test_drift.py: a ban the real LAPI held was missing until the next full
+    resync, an hour later by default). Full resyncs come as often as every minute while
+    they are cheap, so such a ban is enforced within about a minute."""
+    lapi, url = fake_lapi
+    lapi.add("203.0.113.8")
+    now = [0.0]
+    src = StreamSource(client(url), 10.0, clock=lambda: now[0])  # --resync-interval 3600
+    assert src.pull_once()
+    lapi.slip("203.0.113.9")
+    for now[0] in (10.0, 20.0, 30.0, 40.0, 50.0):
+        assert src.pull_once()
+        assert src.lookup(*key("203.0.113.9"), "") == []  # no delta has it
+    now[0] = 60.0
+    assert src.pull_once()
+    assert [d.value for d in src.lookup(*key("203.0.113.9"), "")] == ["203.0.113.9"]
+    assert lapi.count("/v1/decisions/stream") == 7
+
+
+def test_a_gap_in_the_ids_brings_a_full_resync_at_the_next_pull(
+        fake_lapi: tuple[FakeLapi, str]) -> None:
+    """LAPI's ids only grow: a later decision arriving while an earlier id never came is
+    the sign of one left out, and the next pull is a full one (when that costs little)."""
+    lapi, url = fake_lapi
+    lapi.add("203.0.113.8")
+    now = [0.0]
+    src = StreamSource(client(url), 10.0, clock=lambda: now[0])
+    assert src.pull_once()
+    lapi.slip("203.0.113.9")
+    now[0] = 10.0
+    assert src.pull_once()  # nothing new: no sign yet
+    lapi.add("203.0.113.10")
+    now[0] = 20.0
+    assert src.pull_once()  # id 3 without id 2
+    assert src.lookup(*key("203.0.113.9"), "") == []
+    now[0] = 30.0
+    assert src.pull_once()
+    assert [d.value for d in src.lookup(*key("203.0.113.9"), "")] == ["203.0.113.9"]
+    assert len(src.lookup(*key("203.0.113.10"), "")) == 1
+    now[0] = 40.0
+    assert src.pull_once()  # no gap left: a delta again
+    assert lapi.requests[-1][1].get("startup") == ["false"]

@@ -15,11 +15,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "milter" / "crowdsec_milter"
 # Lowest first. A module may import from any layer below its own, never from its own or
 # above. A new module must be placed here (the test says so).
 LAYERS: list[set[str]] = [
-    {"__init__", "decisions", "tally", "jsonstream", "events", "notify"},  # data, helpers
+    # data, helpers; what a session says about its client
+    {"__init__", "decisions", "tally", "jsonstream", "events", "notify", "signals", "redact",
+     "guard"},
     {"selection"},  # which decisions apply, which action each gets
     {"index", "policy"},  # pure logic over decisions
-    # configuration; the LAPI client; what the MTA is asked; MaxMind databases
-    {"settings", "lapi", "protocol", "geo"},
+    # configuration; the LAPI client; what the MTA is asked; MaxMind databases; the
+    # state file (decisions on disk)
+    {"settings", "lapi", "protocol", "geo", "state"},
     {"source"},  # decision sources
     {"session", "metrics", "usage"},  # what serves or reads the parts
     {"wiring"},  # the settings to the parts
@@ -28,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"__main__"},
 ]
 # The pure core: stdlib and our own data only, no HTTP, cache, libmilter or Prometheus.
-PURE = ("decisions", "tally", "selection", "index", "policy")
+PURE = ("decisions", "tally", "selection", "index", "policy", "signals")
 
 
 def modules() -> list[str]:

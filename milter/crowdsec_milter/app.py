@@ -25,7 +25,9 @@ from typing import Any
 import Milter
 
 from . import __version__
+from .guard import IdleGuard, raise_fd_limit
 from .notify import Notifier
+from .redact import mask_url, scrub
 from .session import session_class
 from .settings import RESTART_ONLY, ConfigError, Settings
 from .wiring import Parts, StartError, build, make_context
@@ -173,10 +175,10 @@ class _JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": scrub(record.getMessage()),
         }
         if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
+            doc["exc"] = scrub(self.formatException(record.exc_info))
         return json.dumps(doc, ensure_ascii=False)
 
 
@@ -184,7 +186,7 @@ class _OneLine(logging.Formatter):
     """Text log lines that stay one line each, whatever a message carries."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = scrub(super().format(record))
         return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
@@ -219,7 +221,8 @@ def reload(parts: Parts, activity: Activity, old: Settings,
     if ignored:
         log.warning("reload: %s change(s) need a restart; not applied",
                     ", ".join("--" + n.replace("_", "-") for n in ignored))
-    context = make_context(new, parts.source, parts.context.tally, parts.events)
+    context = make_context(new, parts.source, parts.context.tally, parts.events,
+                           parts.source.locate)
     parts.context = context
     parts.policy = context.policy
     # new connections get it; open ones finish as they are
@@ -242,8 +245,10 @@ def run(settings: Settings, load: Callable[[], Settings]) -> int:
     except StartError as exc:
         log.error("cannot start: %s", exc)
         return 1
+    raise_fd_limit()
     log.info("crowdsec-milter %s starting: socket=%s lapi=%s mode=%s stage=%s%s",
-             __version__, settings.socket, settings.lapi_url, settings.mode, settings.stage,
+             __version__, settings.socket, mask_url(settings.lapi_url), settings.mode,
+             settings.stage,
              " dry-run" if settings.dry_run else "")
     notifier = Notifier()
     readiness = Readiness(notifier, settings)
@@ -291,6 +296,8 @@ def run(settings: Settings, load: Callable[[], Settings]) -> int:
     signal.signal(signal.SIGUSR1, on_usr1)
     thread = threading.Thread(target=serve, name="libmilter", daemon=True)
     thread.start()
+    guard = IdleGuard(settings.socket)
+    guard.start()
 
     def alive() -> bool:
         return thread.is_alive() and parts.source.alive
@@ -310,6 +317,7 @@ def run(settings: Settings, load: Callable[[], Settings]) -> int:
             log.info("stopping with callbacks still coming in")
         stop_libmilter(settings.socket)
         done.wait(10.0)
+    guard.stop()
     parts.stop()
     notifier.close()
     log.info("stopped")

@@ -20,6 +20,7 @@ import httpx
 from . import __version__
 from .lapi import header_safe
 from .policy import Action, Reply, Stage, parse_networks
+from .redact import MASK, mask_url, remember, scrub
 from .settings import ConfigError, Settings
 
 PROG = "crowdsec-milter"
@@ -56,11 +57,11 @@ _COMMANDS = {
 
 class _Parser(configargparse.ArgParser):
     def error(self, message: str) -> NoReturn:
-        raise ConfigError(message)
+        raise ConfigError(scrub(message))  # `api_key = KEY` comes back as --api_key=KEY
 
 
 def fail(message: str) -> NoReturn:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {scrub(message)}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -100,7 +101,8 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
         config_file_open_func=open_config,
     )
     if command == "lookup":
-        p.add_argument("ip", metavar="IP", help="the client address to look up")
+        p.add_argument("ip", metavar="IP", help="the client address to look up, or "
+                                                "user:LOGIN for the decisions on a login")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument("--socket", default=d.socket,
                    help="libmilter socket: inet:PORT@HOST, inet6:PORT@HOST or unix:/path")
@@ -114,7 +116,13 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
     p.add_argument("--update-frequency", type=float, default=d.update_frequency,
                    help="stream mode: seconds between pulls")
     p.add_argument("--resync-interval", type=float, default=d.resync_interval,
-                   help="stream mode: seconds between full resyncs (startup=true)")
+                   help="stream mode: seconds between full resyncs (startup=true) at the "
+                        "latest; they come as often as every 60 s while cheap")
+    p.add_argument("--state-file", default=d.state_file, metavar="PATH",
+                   help="stream mode: file keeping the last good decisions, written after "
+                        "pulls that changed something (at most every 30 s) and at stop, "
+                        "enforced at start until the first good pull, even with LAPI down; "
+                        "none turns it off")
     p.add_argument("--cache-ttl", type=float, default=d.cache_ttl,
                    help="live mode: seconds an answer is reused (never past a ban's expiry)")
     p.add_argument("--cache-size", type=int, default=d.cache_size,
@@ -177,6 +185,21 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
     p.add_argument("--trap-rcpt", action="append", default=None, metavar="PATTERN",
                    help="spam-trap recipients (repeatable, shell-style): a RCPT to one "
                         "writes a rcpt_trap event; the MTA's answer is not changed")
+    p.add_argument("--local-domains", action="append", default=None, metavar="LIST",
+                   help="this MTA's own mail domains (comma-separated, repeatable): an "
+                        "outside client naming one in HELO or MAIL FROM writes a "
+                        "helo_forged or sender_spoofed event")
+    p.add_argument("--fanout-limit", type=int, default=d.fanout_limit, metavar="N",
+                   help="an unauthenticated transaction with more recipients writes a "
+                        "rcpt_fanout event; 0 turns it off")
+    p.add_argument("--fanout-domains", type=int, default=d.fanout_domains, metavar="N",
+                   help="... or with recipients in more distinct domains; 0 turns it off")
+    p.add_argument("--account-decisions", action="store_true",
+                   help="refuse a login (SMTP AUTH user, {auth_authen}) that has a decision "
+                        "on the username scope, at MAIL; costs a MAIL callback per message")
+    p.add_argument("--account-reply", default=d.account_reply, metavar="TEXT",
+                   help="reply text for a refused login, with the code of its action's "
+                        "reply; may use %%(user)s %%(ip)s %%(type)s %%(scenario)s %%(origin)s")
     p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
                    help="serve Prometheus /metrics and /health here, IPv4 or IPv6 "
                         "(127.0.0.1:9395, [::1]:9395, [::]:9395); off by default")
@@ -214,6 +237,16 @@ def _usable_key(key: str, source: str) -> str:
     return key
 
 
+def _hidden_path(path: str) -> str:
+    """How an --api-key-file that cannot be read is named. A mistaken setup may give the
+    key itself as the path, so the value is shown only when its folder exists (other than
+    `/`, which a key may start with): then it was a path, and the folder is where to look."""
+    folder = os.path.dirname(path)
+    if folder and folder != "/" and os.path.isdir(folder):
+        return path
+    return "(value not shown: it names no folder that exists, it may be the key itself)"
+
+
 def read_api_key(args: configargparse.Namespace) -> str:
     if args.api_key and args.api_key_file:
         raise ConfigError("--api-key and --api-key-file exclude each other: give one")
@@ -224,16 +257,19 @@ def read_api_key(args: configargparse.Namespace) -> str:
                 key = fh.read().strip()
             mode = os.stat(path).st_mode
         except OSError as exc:
-            raise ConfigError(f"--api-key-file {path}: {exc.strerror}") from exc
+            raise ConfigError(f"--api-key-file {_hidden_path(path)}: {exc.strerror}") from exc
         except UnicodeDecodeError as exc:
             raise ConfigError(f"--api-key-file {path}: not text") from exc
         key = _usable_key(key, f"--api-key-file {path}")
+        remember(key)
         if mode & (stat.S_IRWXG | stat.S_IRWXO) & (stat.S_IRGRP | stat.S_IROTH):
             print(f"{PROG}: warning: --api-key-file {path} is readable by other users "
                   "(chmod 600 it)", file=sys.stderr)
         return key
     if args.api_key:
-        return _usable_key(args.api_key.strip(), "--api-key")
+        key = _usable_key(args.api_key.strip(), "--api-key")
+        remember(key)
+        return key
     if args.lapi_cert:
         return ""
     if args.api_key is not None:
@@ -297,6 +333,41 @@ def split_list(name: str, values: Sequence[str] | None) -> tuple[str, ...] | Non
     return items
 
 
+_DOMAIN = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
+
+
+def parse_domains(values: Sequence[str] | None) -> frozenset[str]:
+    """--local-domains as compared: lower case, no trailing dot; a name that is no domain
+    (an address, a pattern, a space) is an error, not a rule that never matches."""
+    names = split_list("local-domains", values) or ()
+    found = set()
+    for name in names:
+        normal = name.rstrip(".").lower()
+        if not _DOMAIN.match(normal):
+            raise ConfigError(f"--local-domains: {name!r} is not a domain name")
+        found.add(normal)
+    return frozenset(found)
+
+
+def check_account_reply(text: str) -> str:
+    """--account-reply: one line of text whose fields are the ones a verdict fills."""
+    if not text.strip() or re.search(r"[\x00-\x1f\x7f]", text):
+        raise ConfigError("--account-reply must be one line of text")
+    try:
+        text % {"user": "alice", "ip": "192.0.2.1", "type": "ban", "scenario": "x",
+                "origin": "x"}
+    except (KeyError, ValueError, TypeError):
+        raise ConfigError("--account-reply may use only %(user)s %(ip)s %(type)s "
+                          f"%(scenario)s %(origin)s: {text!r}") from None
+    return text.strip()
+
+
+def _count(name: str, value: int) -> int:
+    if value < 0:
+        raise ConfigError(f"--{name} must be 0 (off) or more, not {value}")
+    return value
+
+
 def check_mmdb(kind: str, path: str | None) -> str | None:
     """A MaxMind DB file that opens and is of the kind its option needs (`kind`: country,
     as; an ASN database given as the country one would never match), or ConfigError
@@ -309,6 +380,16 @@ def check_mmdb(kind: str, path: str | None) -> str | None:
         load(path, kind)[0].close()
     except GeoError as exc:
         raise ConfigError(str(exc)) from None
+    return path
+
+
+def check_state_file(path: str) -> str:
+    """The state file's path, or "" for none (or an empty value): no state file."""
+    path = path.strip()
+    if path.lower() == "none":
+        return ""
+    if path.endswith("/") or (path and os.path.isdir(path)):
+        raise ConfigError(f"--state-file {path}: is a folder; name a file in it")
     return path
 
 
@@ -382,6 +463,7 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
         mode=args.mode,
         update_frequency=_positive("update-frequency", args.update_frequency),
         resync_interval=_positive("resync-interval", args.resync_interval),
+        state_file=check_state_file(args.state_file),
         cache_ttl=_positive("cache-ttl", args.cache_ttl),
         cache_size=int(_positive("cache-size", args.cache_size)),
         lapi_timeout=_positive("lapi-timeout", args.lapi_timeout),
@@ -408,6 +490,11 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
         always_allow_rcpt=allow,
         exempt_authenticated=args.exempt_authenticated,
         trap_rcpt=traps,
+        local_domains=parse_domains(args.local_domains),
+        fanout_limit=_count("fanout-limit", args.fanout_limit),
+        fanout_domains=_count("fanout-domains", args.fanout_domains),
+        account_decisions=args.account_decisions,
+        account_reply=check_account_reply(args.account_reply),
         metrics_listen=check_listen(args.metrics_listen),
         usage_metrics_interval=0.0 if args.usage_metrics_interval == 0 else
         _positive("usage-metrics-interval", args.usage_metrics_interval),
@@ -444,7 +531,6 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         fail(str(exc))
 
 
-MASK = "********"
 _SECRET = ("api_key",)  # shown masked, whatever its source
 # Options whose default lives in Settings (their argparse default is None).
 _LIST_DEFAULTS = {"action": [f"{t}={a}" for t, a in Settings().actions],
@@ -467,7 +553,8 @@ def _show(value: object) -> str:
 
 def config_lines(parser: configargparse.ArgParser, args: configargparse.Namespace) -> list[str]:
     """`key = value (source)` for every option, in --help order: what flags, variables,
-    config file and defaults add up to. The key is masked; its file is just a path."""
+    config file and defaults add up to. The key is masked, and so is the user:password
+    part of a URL; the key's file is just a path."""
     sources = parser.get_source_to_settings_dict()
     where: dict[int, str] = {}
     for section, settings in sources.items():
@@ -492,7 +579,7 @@ def config_lines(parser: configargparse.ArgParser, args: configargparse.Namespac
             source = "default" if value == action.default else "flag"
         if value is None and action.dest in _LIST_DEFAULTS:
             value = _LIST_DEFAULTS[action.dest]
-        shown = MASK if action.dest in _SECRET and value else _show(value)
+        shown = MASK if action.dest in _SECRET and value else mask_url(_show(value))
         lines.append(f"{longs[-1][2:]} = {shown} ({source})")
     return lines
 

@@ -265,11 +265,18 @@ def _expiry(get: Any, now: float) -> float:
 
 # Decision scopes matched through a MaxMind database, as LAPI's `scopes=` names them.
 GEO_SCOPES = {"country": "Country", "as": "AS"}
+# Decisions on a login (SMTP AUTH user), matched against {auth_authen}. LAPI serves a scope
+# by its exact spelling (`scopes=username`), so this is the one the shipped scenario uses.
+ACCOUNT_SCOPE = "username"
+_ACCOUNT_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def normalize_scoped(scope: str, value: str) -> str | None:
-    """A Country or AS decision's value as compared (FR, 64500); None when it is neither
-    an ISO country code nor an AS number (with or without 'AS')."""
+    """A Country, AS or account decision's value as compared (FR, 64500, alice); None when
+    it is neither an ISO country code nor an AS number (with or without 'AS'), nor a login
+    name (as the MTA spells it: compared exactly, at most 256 characters, no controls)."""
+    if scope == ACCOUNT_SCOPE:
+        return value if 0 < len(value) <= 256 and not _ACCOUNT_UNSAFE.search(value) else None
     value = value.strip()
     if scope == "Country":
         return value.upper() if len(value) == 2 and value.isascii() and value.isalpha() else None
@@ -280,13 +287,16 @@ def normalize_scoped(scope: str, value: str) -> str | None:
 
 
 def parse_scoped_decision(item: object, now: float) -> Decision | None:
-    """A Country or AS decision from one LAPI JSON object (value normalized), or None for
-    any other scope; DecisionError when it is one of those but unusable."""
+    """A Country, AS or account decision from one LAPI JSON object (value normalized), or
+    None for any other scope; DecisionError when it is one of those but unusable."""
     if item.__class__ is not dict:
         raise DecisionError(f"decision is not an object: {item!r:.60}")
     get = item.get  # type: ignore[attr-defined]
     scope = get("scope")
-    scope = GEO_SCOPES.get(scope.lower()) if isinstance(scope, str) else None
+    if isinstance(scope, str):
+        scope = ACCOUNT_SCOPE if scope.lower() == ACCOUNT_SCOPE else GEO_SCOPES.get(scope.lower())
+    else:
+        scope = None
     if scope is None:
         return None
     ident, dtype = _id_and_type(get)

@@ -9,6 +9,8 @@ callback never waits on a slow disk or syslog; a line that cannot be queued or w
 counted and the count reported in the operational log, never lost silently. What a sink
 cannot encode (a lone surrogate from LAPI) is written as a JSON `\\uXXXX` escape, and any
 unexpected error costs one batch of lines, counted as dropped, never the writer thread.
+No sink can hold the milter up: opening never blocks (a FIFO without reader), a write waits
+at most `WRITE_BOUND`, stop at most `STOP_BOUND`; a line is written whole or not at all.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import math
 import os
 import queue
 import re
+import select
 import socket
+import stat
 import sys
 import threading
 import time
-from typing import Any, TextIO
+from typing import Any
 
 log = logging.getLogger("crowdsec_milter.events")
 
@@ -34,7 +38,7 @@ FIELD_LIMIT = 512
 # The line format's version, written in every line as "v" and pinned in
 # conf/events.schema.json: raise it whenever a field of an event is added, removed, retyped
 # or changes meaning.
-EVENT_VERSION = 2
+EVENT_VERSION = 3
 _LINE_BREAKS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
 _SURROGATE = re.compile("[\udc80-\udcff]")
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -135,26 +139,72 @@ def format_event(event: str, fields: dict[str, Any], timestamp: float) -> str:
     return line + "\n"
 
 
+WRITE_BOUND = 1.0  # seconds one batch may wait on a sink that takes nothing (a stalled FIFO)
+STOP_BOUND = 1.5  # seconds stop waits for the writer, whatever the sink does
+
+
+def _write_all(fd: int, data: bytes, deadline: float, chunk: int) -> tuple[int, OSError | None]:
+    """Write `data` to `fd` in pieces of at most `chunk` bytes, waiting for room until
+    `deadline` (monotonic); the bytes written and the error that stopped it, if any."""
+    done = 0
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    while done < len(data):
+        wait = deadline - time.monotonic()
+        if wait <= 0:
+            return done, TimeoutError(errno.ETIMEDOUT, "the reader takes nothing")
+        if not poller.poll(wait * 1000):
+            continue  # recheck the deadline
+        try:
+            done += os.write(fd, data[done:done + chunk])
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            return done, exc
+    return done, None
+
+
 class _Sink:
-    """Where lines go: a file (reopened after rotation), stdout, or the syslog socket."""
+    """Where lines go: a file (reopened after rotation), stdout, or the syslog socket.
+
+    Every write is bounded (`WRITE_BOUND`) and reports how many lines reached the sink
+    whole: a file is opened non-blocking (a FIFO without reader fails at once with ENXIO
+    instead of hanging the start), a line cut short by a full disk is cut off again
+    (truncated back to the last newline), and where that cannot be done (a pipe) the next
+    line starts on a fresh line, so a torn line never runs into a good one."""
 
     def __init__(self, target: str) -> None:
         self.target = target
-        self._file: TextIO | None = None
+        self._fd: int | None = None
+        self._own_fd = False
+        self._regular = False
+        self._torn = False  # the sink's last line is unfinished: start the next one fresh
         self._inode: tuple[int, int] | None = None
         self._sock: socket.socket | None = None
 
     def open(self) -> None:
         self.close()
         if self.target == "-":
-            self._file = sys.stdout
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+            self._fd = sys.stdout.fileno()
         elif self.target == "syslog" or self.target.startswith("syslog:"):
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.settimeout(WRITE_BOUND)  # a stalled syslog daemon costs lines only
             self._sock.connect(self.target.partition(":")[2] or "/dev/log")
         else:
             os.makedirs(os.path.dirname(os.path.abspath(self.target)), exist_ok=True)
-            self._file = open(self.target, "a", encoding="utf-8", errors=JSON_ESCAPE)  # noqa: SIM115
-            st = os.fstat(self._file.fileno())
+            try:
+                fd = os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                             | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # open(2): a FIFO with no reader
+                    raise OSError(exc.errno, "a FIFO with no reader (lines are dropped "
+                                  "until one opens it)") from None
+                raise
+            st = os.fstat(fd)
+            self._fd, self._own_fd = fd, True
+            self._regular = stat.S_ISREG(st.st_mode)
             self._inode = (st.st_dev, st.st_ino)
 
     def rotated(self) -> bool:
@@ -167,28 +217,63 @@ class _Sink:
             return True
         return (st.st_dev, st.st_ino) != self._inode
 
-    def write(self, lines: list[str]) -> None:
+    def write(self, lines: list[str]) -> tuple[int, OSError | None]:
+        """Write `lines`; how many reached the sink whole, and the error that stopped the
+        rest (None when all went)."""
+        deadline = time.monotonic() + WRITE_BOUND
         if self._sock is not None:
+            sent = 0
             for line in lines:
                 # <14> is facility user, severity info; the tag lets syslog route it.
-                self._sock.send(b"<14>crowdsec-milter: "
-                                + line.rstrip("\n").encode("utf-8", JSON_ESCAPE))
-            return
-        if self._file is None:
+                try:
+                    self._sock.settimeout(max(0.0, deadline - time.monotonic()))
+                    self._sock.send(b"<14>crowdsec-milter: "
+                                    + line.rstrip("\n").encode("utf-8", JSON_ESCAPE))
+                except OSError as exc:  # a timeout too: the bound holds for the batch
+                    return sent, exc
+                sent += 1
+            return sent, None
+        if self._fd is None:
             self.open()
-        assert self._file is not None
-        text = "".join(lines)
-        if self._file is sys.stdout:  # a stream we did not open, with its own strict codec
-            encoding = getattr(self._file, "encoding", None) or "utf-8"
-            text = text.encode(encoding, JSON_ESCAPE).decode(encoding)
-        self._file.write(text)
-        self._file.flush()
+        assert self._fd is not None
+        if self._own_fd:
+            encoding, chunk = "utf-8", 1 << 30
+        else:  # stdout: a stream we did not open, with its own codec, maybe a blocking pipe
+            encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+            chunk = select.PIPE_BUF  # never more than a ready pipe takes without blocking
+        if self._torn:
+            done, exc = _write_all(self._fd, b"\n", deadline, 1)
+            if exc is not None:
+                return 0, exc
+            self._torn = False
+        if not self._regular:
+            # A pipe: one write per line, which a pipe takes whole or not at all (a line
+            # up to PIPE_BUF bytes, nearly all of them), so a stalled reader tears none.
+            for count, line in enumerate(lines):
+                data = line.encode(encoding, JSON_ESCAPE)
+                done, exc = _write_all(self._fd, data, deadline, chunk)
+                if exc is not None:
+                    self._torn = done > 0
+                    return count, exc
+            return len(lines), None
+        data = "".join(lines).encode(encoding, JSON_ESCAPE)
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        done, exc = _write_all(self._fd, data, deadline, chunk)
+        whole = data.rfind(b"\n", 0, done) + 1
+        if done > whole:  # a line cut short (disk full): take it back
+            try:
+                os.ftruncate(self._fd, start + whole)
+            except OSError:
+                self._torn = True  # or end it where it stands
+        return data.count(b"\n", 0, whole), exc
 
     def close(self) -> None:
-        if self._file is not None and self._file is not sys.stdout:
+        if self._fd is not None and self._own_fd:
             with contextlib.suppress(OSError):
-                self._file.close()
-        self._file = None
+                os.close(self._fd)
+        self._fd = None  # _torn stays: a pipe reopened still holds the torn line
+        self._own_fd = False
+        self._regular = False
         self._inode = None
         if self._sock is not None:
             self._sock.close()
@@ -233,16 +318,25 @@ class EventWriter:
         self._thread = threading.Thread(target=self._run, name="event-writer", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Write what is queued, then stop."""
+    def stop(self, timeout: float = STOP_BOUND) -> None:
+        """Write what is queued, then stop; never waits longer than `timeout` in all, so a
+        sink that takes nothing (a stalled FIFO reader) cannot hold up the milter's exit:
+        lines still queued then are counted as dropped and reported."""
         if self._thread is None:
             return
+        deadline = time.monotonic() + timeout
         self._wake.set()
         with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=timeout)
-        self._thread.join(timeout)
+            self._queue.put(None, timeout=max(0.0, deadline - time.monotonic()))
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            left = self._queue.qsize()
+            self.dropped += left
+            log.warning("event log %s: the writer did not finish within %.1f s; %d queued "
+                        "line(s) not written", self.target, timeout, left)
+        else:
+            self._sink.close()
         self._report(force=True)
-        self._sink.close()
 
     def _run(self) -> None:
         while True:
@@ -294,14 +388,18 @@ class EventWriter:
 
     def _write(self, batch: list[str]) -> None:
         try:
-            self._sink.write(batch)
-        except OSError as exc:
-            self.dropped += len(batch)
-            reason = "disk full" if exc.errno == errno.ENOSPC else str(exc)
+            written, exc = self._sink.write(batch)
+        except OSError as error:  # the file could not be (re)opened
+            written, exc = 0, error
+        self.written += written
+        if exc is not None:
+            self.dropped += len(batch) - written
+            reason = "disk full" if exc.errno == errno.ENOSPC else \
+                f"no room within {WRITE_BOUND:g} s (the reader takes nothing)" \
+                if isinstance(exc, TimeoutError) else str(exc)
             self._note_error(f"cannot write {self.target}: {reason}")
             self._sink.close()  # reopened on the next batch
             return
-        self.written += len(batch)
         if self._last_error:
             log.info("event log %s is writable again", self.target)
             self._last_error = ""

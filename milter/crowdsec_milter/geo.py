@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import maxminddb
 
-from .decisions import Decision
+from .decisions import ACCOUNT_SCOPE, Decision
 
 log = logging.getLogger("crowdsec_milter.geo")
 
@@ -258,14 +258,14 @@ class Geo:
 
 
 class ScopedDecisions:
-    """Country and AS decisions by (scope, value), several per value, kept apart by id.
-    Readers take no lock: each value's tuple is replaced whole."""
+    """Country, AS and account decisions by (scope, value), several per value, kept apart
+    by id. Readers take no lock: each value's tuple is replaced whole."""
 
     def __init__(self) -> None:
         self._by: dict[tuple[str, str], tuple[Decision, ...]] = {}
         self.lock = threading.Lock()
         # decisions held per scope: a scope with none needs no database lookup at all
-        self.held = {"Country": 0, "AS": 0}
+        self.held = {"Country": 0, "AS": 0, ACCOUNT_SCOPE: 0}
 
     def __len__(self) -> int:
         return sum(self.held.values())

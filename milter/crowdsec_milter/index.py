@@ -41,7 +41,10 @@ import struct
 import sys
 import threading
 from array import array
+from collections import Counter
 from collections.abc import Iterable
+from itertools import pairwise, repeat
+from typing import NamedTuple
 
 from .decisions import Decision, Network, network_text
 
@@ -501,3 +504,141 @@ class DecisionIndex:
                 for key, entry in table.items():
                     for packed in _packs(entry):
                         yield self._unpack(packed, family, plen, key)
+
+    # -- saving and restoring (the state file, state.py) --------------------------------
+
+    def export(self) -> Export:
+        """Everything held, for the state file, without copying the decisions: the kinds
+        by slot, the IPv4 /32 buckets as they are, every other decision by table. Expiries
+        stay on this process's monotonic clock (the file says how to read them). Call from
+        the one writer (the puller) or under `lock`; nothing is changed."""
+        slots = self._buckets.slots
+        # no tuple per bucket or per decision: a million small objects would bring the
+        # cyclic garbage collector round many times, costing more than the copying
+        tops = [top for top, bucket in enumerate(slots) if bucket is not None]
+        buckets = [slots[top] if slots[top].__class__ is bytes  # type: ignore[misc]
+                   else _frozen(*slots[top]) for top in tops]  # type: ignore[misc]
+        tables = []
+        for family, by_len in self._tables.items():
+            for plen, table in by_len.items():
+                keys: list[int] = []
+                packs: list[int] = []
+                for key, entry in table.items():
+                    for packed in _packs(entry):
+                        keys.append(key)
+                        packs.append(packed)
+                if keys:
+                    tables.append((family, plen, keys, packs))
+        return Export(list(self._metas), tops, buckets, tables)  # type: ignore[arg-type]
+
+    @classmethod
+    def restore(cls, data: Restore, shift: int, now: float) -> tuple[DecisionIndex, int]:
+        """A published index holding `data` with every expiry moved by `shift` tenths (the
+        writer's clock to this process's), and how many decisions it dropped as expired
+        at `now`. ValueError when `data` does not hold together.
+
+        Bulk work in C (array, map) for the million IPv4 /32 decisions: one pass moves
+        every expiry, the buckets are cut from two long byte strings, and the usual sweep
+        then drops what expired since."""
+        index = cls()
+        if len(set(data.metas)) != len(data.metas):
+            raise ValueError("a decision kind is listed twice")
+        for meta in data.metas:
+            index._pack_low(meta, 0.0)  # the same slots, in the same order, as the writer's
+        kinds = len(data.metas)
+        tops, sizes, lows, pairs = data.v4
+        total = sum(sizes)
+        if len(tops) != len(sizes) or len(lows) != _LOW_SIZE * total \
+                or len(pairs) != 2 * total or (sizes and min(sizes) == 0) \
+                or any(a >= b for a, b in pairwise(tops)):
+            raise ValueError("the IPv4 buckets do not add up")
+        packs = _moved(pairs[0::2], shift)
+        pairs[0::2] = packs
+        held4 = index._held[4]
+        for slot, n in Counter(map(_META_MASK.__and__, packs)).items():
+            if slot >= kinds:
+                raise ValueError("an IPv4 decision names an unknown decision kind")
+            held4[slot] += n
+        raw = pairs.tobytes()
+        slots = index._buckets.slots
+        start = 0
+        for top, n in zip(tops, sizes, strict=True):
+            end = start + n
+            slots[top] = lows[_LOW_SIZE * start:_LOW_SIZE * end] + \
+                raw[_PAIR_SIZE * start:_PAIR_SIZE * end]
+            start = end
+        index._count = total
+        for family, plen, keys, table_lows, ids in data.tables:
+            bits = 32 if family == 4 else 128 if family == 6 else 0
+            if not 0 <= plen <= bits or not len(keys) == len(table_lows) == len(ids) \
+                    or (keys and not 0 <= min(keys) <= max(keys) < 1 << plen):
+                raise ValueError(f"the table of IPv{family} /{plen} is malformed")
+            moved = _moved(table_lows, shift)
+            held = index._held[family]
+            for slot, n in Counter(map(_META_MASK.__and__, moved)).items():
+                if slot >= kinds:
+                    raise ValueError("a decision names an unknown decision kind")
+                held[slot] += n
+            table = index._tables[family].setdefault(plen, {})
+            for key, low, ident in zip(keys, moved, ids, strict=True):
+                old = table.get(key)
+                packed = ident << 64 | low
+                table[key] = packed if old is None else (*_packs(old), packed)
+            index._count += len(keys)
+        for family in (4, 6):
+            index._rebuild_probes(family)
+        for plen, table in index._tables[4].items():
+            if 16 <= plen <= 31:
+                for key in table:
+                    lens = index._top_lens.setdefault(key >> (plen - 16), {})
+                    lens[plen] = lens.get(plen, 0) + 1
+        tables4 = index._tables[4]
+        for top, lens in index._top_lens.items():
+            index._top_probes[top] = tuple((32 - p, p, tables4[p])
+                                           for p in sorted(lens, reverse=True))
+        return index, index.expire(now)
+
+
+class Export(NamedTuple):
+    """What an index holds, as `DecisionIndex.export` gives it: the (type, scope, origin,
+    scenario) kinds by slot; the IPv4 /32 buckets' tops (16 bits) and their bytes in this
+    machine's byte order; every other decision by table as (family, prefix length,
+    network keys, packed ints)."""
+
+    metas: list[tuple[str, str, str, str]]
+    tops: list[int]
+    buckets: list[bytes]
+    tables: list[tuple[int, int, list[int], list[int]]]
+
+
+class Restore(NamedTuple):
+    """What `DecisionIndex.restore` rebuilds an index from (as the state file holds it):
+    the kinds by slot; the IPv4 /32 decisions as (bucket tops, decisions per bucket, every
+    bucket's low halves end to end, every bucket's (pack, id) pairs end to end); every
+    other decision by table as (family, prefix length, network keys, packs, ids).
+    Changes the pair and pack arrays it is given."""
+
+    metas: list[tuple[str, str, str, str]]
+    v4: tuple[array, array, bytes, array]
+    tables: list[tuple[int, int, list[int], array, array]]
+
+
+def _moved(packs: array, shift: int) -> array:
+    """Packed expiry+slot words with every expiry moved by `shift` tenths, in one C-level
+    pass; an expiry that would fall below 0 becomes 0 with slot 0 (long expired: the
+    sweep that follows a restore drops it, and counts it under that slot both ways)."""
+    if not packs:
+        return array("Q")
+    if ((max(packs) >> _META_BITS) & _EXP_MASK) + shift > _EXP_MASK:
+        return array("Q", [_shifted(p, shift) for p in packs])  # a clock set far back
+    delta = shift << _META_BITS
+    if shift >= 0:
+        return array("Q", map(delta.__add__, packs))
+    return array("Q", map(delta.__add__, map(max, packs, repeat(-delta))))
+
+
+def _shifted(packed: int, shift: int) -> int:
+    """A packed decision with its expiry moved by `shift` tenths, kept in the field's
+    range (below 0 is long expired, above its top is as good as never)."""
+    tenths = min(max(((packed >> _META_BITS) & _EXP_MASK) + shift, 0), _EXP_MASK)
+    return (packed & ~(_EXP_MASK << _META_BITS)) | tenths << _META_BITS

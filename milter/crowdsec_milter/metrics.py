@@ -41,6 +41,9 @@ class MilterCollector:
         yield sessions
         blocks = CounterMetricFamily(P + "blocks", "Clients answered because of a decision",
                                      labels=["type", "origin", "stage", "action"])
+        accounts = CounterMetricFamily(P + "account_blocks",
+                                       "Logins answered because of a decision on the account",
+                                       labels=["type", "origin", "action"])
         lookups = CounterMetricFamily(P + "lookups", "Client addresses looked up",
                                       labels=["result"])
         rcpt = CounterMetricFamily(P + "rcpt_rejected",
@@ -49,11 +52,14 @@ class MilterCollector:
         for key, value in snap.items():
             if key.kind == "blocked":
                 blocks.add_metric([key.type, key.origin, key.stage, key.action], value)
+            elif key.kind == "account_blocked":
+                accounts.add_metric([key.type, key.origin, key.action], value)
             elif key.kind == "lookup":
                 lookups.add_metric([key.result], value)
             elif key.kind == "rcpt_rejected":
                 rcpt.add_metric([key.result], value)
         yield blocks
+        yield accounts
         yield lookups
         yield rcpt
         errors = CounterMetricFamily(P + "internal_errors", "Exceptions caught in callbacks")

@@ -4,6 +4,9 @@ the decisions are loaded.
 It is one datagram to the socket named by NOTIFY_SOCKET: the standard library does it, so no
 dependency (python-systemd would need libsystemd's headers to build). Without NOTIFY_SOCKET
 every call is a no-op, as under `Type=simple`, docker or a terminal.
+
+The socket is non-blocking: a NOTIFY_SOCKET whose reader takes nothing costs the message
+(counted, and logged at most once a minute), never a stuck start, watchdog or stop.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 log = logging.getLogger("crowdsec_milter.notify")
+REPORT_EVERY = 60.0  # seconds between two warnings about messages nobody took
 
 
 class Notifier:
@@ -27,12 +32,16 @@ class Notifier:
         self._address = "\0" + path[1:] if path.startswith("@") else path
         self._sock: socket.socket | None = None
         if self._address:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock = socket.socket(
+                socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
         self.watchdog_interval = _watchdog_interval(env)
         self._ready = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.dropped = 0
+        self._reported = 0
+        self._last_report = -REPORT_EVERY
 
     @property
     def enabled(self) -> bool:
@@ -46,10 +55,26 @@ class Notifier:
         try:
             with self._lock:
                 self._sock.sendto(text.encode("utf-8", "replace"), self._address)
+        except BlockingIOError:
+            self._dropped(fields)
+            return False
         except OSError as exc:
             log.debug("sd_notify to %r failed: %s", self._address, exc)
             return False
         return True
+
+    def _dropped(self, fields: tuple[str, ...]) -> None:
+        """Count a message the socket's full queue refused; warn at most once a minute."""
+        with self._lock:
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._last_report < REPORT_EVERY:
+                return
+            count, self._reported, self._last_report = \
+                self.dropped - self._reported, self.dropped, now
+        log.warning("sd_notify: NOTIFY_SOCKET %r takes nothing (its queue is full); %d "
+                    "message(s) dropped (last: %s)", self._address.replace("\0", "@"), count,
+                    ", ".join(f.partition("=")[0] for f in fields))
 
     def ready(self, status: str) -> None:
         """READY=1 the first time, STATUS= every time."""

@@ -30,6 +30,8 @@ class DecisionSource(Protocol):
     def lookup(self, family: int, number: int, text: str,
                complete: bool = True) -> list[Decision] | None: ...
 
+    def lookup_account(self, user: str) -> list[Decision] | None: ...
+
     @property
     def usable(self) -> bool: ...
 
@@ -131,8 +133,10 @@ class Policy:
         dry_run: bool = False,
         tally: Tally | None = None,
         selection: Selection | None = None,
+        account_text: str = "",
     ) -> None:
         self.source = source
+        self._account_text = account_text
         self.tally = tally or Tally()
         self.rules = ActionRules.of(actions, default_action)
         self.selection = selection or Selection()
@@ -182,9 +186,20 @@ class Policy:
         self.tally.inc(LOOKUP_MATCH)
         return verdict
 
-    def verdict_for(self, decisions: list[Decision], ip: str) -> Verdict:
+    def check_account(self, user: str, ip: str) -> Verdict | None:
+        """The verdict on a login (SMTP AUTH user) from the decisions on it, or None.
+        A LAPI outage gives None here: the address check already answered for it."""
+        decisions = self.source.lookup_account(user) if user else None
+        if decisions and self.selection.active:
+            decisions = [d for d in decisions if self.selection.selects(d)]
+        if not decisions:
+            return None
+        return self.verdict_for(decisions, ip, user)
+
+    def verdict_for(self, decisions: list[Decision], ip: str, user: str = "") -> Verdict:
         """Each decision gets the action of its most specific --action key; the most severe
-        action wins (ties: the first decision, i.e. ban before captcha, longest-lived)."""
+        action wins (ties: the first decision, i.e. ban before captcha, longest-lived).
+        With `user` (a decision on a login) the reply's text is --account-reply's."""
         decision = decisions[0]
         action, key = self.action_for(decision)
         for other in decisions[1:]:
@@ -195,7 +210,11 @@ class Policy:
         if action in self._replies:
             fields = {"ip": ip, "type": decision.type, "scenario": decision.scenario,
                       "origin": decision.origin}
-            reply = self._replies[action].render(fields)
+            template = self._replies[action]
+            if user:
+                fields["user"] = user
+                template = Reply(template.code, template.xcode, self._account_text)
+            reply = template.render(fields)
         return Verdict(action, reply, decision, action is not Action.ACCEPT and not self._dry_run,
                        "decision", key)
 

@@ -21,8 +21,9 @@ import Milter
 from .policy import Stage
 
 # Macros read at RCPT: ours replace the MTA's list for that stage (Postfix's default RCPT
-# list is `i {rcpt_addr} {rcpt_host} {rcpt_mailer}`); {mail_addr} spares the MAIL callback.
-RCPT_MACROS = "i {rcpt_addr} {rcpt_host} {rcpt_mailer} {mail_addr}"
+# list is `i {rcpt_addr} {rcpt_host} {rcpt_mailer}`); {mail_addr} and the login
+# ({auth_authen}, {auth_type}) spare the MAIL callback.
+RCPT_MACROS = "i {rcpt_addr} {rcpt_host} {rcpt_mailer} {mail_addr} {auth_authen} {auth_type}"
 
 # callback name: (its stage, no-reply bit, no-callback bit)
 CALLBACKS = {
@@ -49,18 +50,20 @@ class Request:
 
 
 def request(stage: Stage, sensor: bool, mail: bool = False, rcpt: bool = False,
-            actions: int = Milter.CURR_ACTS, offered: int = 0x1FFFFF) -> Request:
+            actions: int = Milter.CURR_ACTS, offered: int = 0x1FFFFF,
+            account: bool = False) -> Request:
     """What to ask of an MTA offering `actions` and protocol bits `offered`.
 
     `sensor`: the event log is on; `mail`: MAIL is needed whatever the stage (the SMTP AUTH
-    login of --exempt-authenticated); `rcpt`: every RCPT is (trap recipients). Bits the MTA
+    login of --exempt-authenticated); `account`: MAIL answers (a login with a decision,
+    --account-decisions); `rcpt`: every RCPT is (trap recipients). Bits the MTA
     does not offer are never asked for (an MTA that cannot skip a callback still makes it;
     the callbacks answer CONTINUE then)."""
     symlist = sensor and bool(actions & Milter.SETSYMLIST)
     needed = {"connect"}
     needed.add({Stage.CONNECT: "connect", Stage.HELO: "hello", Stage.MAIL: "envfrom",
                 Stage.RCPT: "envrcpt"}[stage])
-    if mail:
+    if mail or account:
         needed.add("envfrom")
     if rcpt:
         needed |= {"envrcpt", "data"}
@@ -77,7 +80,7 @@ def request(stage: Stage, sensor: bool, mail: bool = False, rcpt: bool = False,
     for name, (own, noreply, nocallback) in CALLBACKS.items():
         if name not in needed:
             steps |= nocallback
-        elif own is not None and own is not stage:
+        elif own is not None and own is not stage and not (account and own is Stage.MAIL):
             steps |= noreply
     macros = RCPT_MACROS if symlist and "envfrom" not in needed else ""
     return Request(steps & offered, macros)

@@ -20,16 +20,18 @@ import logging
 import re
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import Milter
 
-from .decisions import Decision, iso_expiry
+from .decisions import Decision, iso_expiry, parse_address
 from .events import EventWriter, clean_text
 from .policy import Action, Policy, Stage, Verdict
 from .protocol import Request, request
-from .tally import ERRORS, SESSIONS, Tally, blocked, rcpt_rejected, rcpt_trap
+from .signals import Fanout, helo_forged, sender_spoofed
+from .tally import ERRORS, SESSIONS, Tally, account_blocked, blocked, rcpt_rejected, rcpt_trap
 
 log = logging.getLogger("crowdsec_milter.session")
 
@@ -52,6 +54,14 @@ class SessionContext:
     # spam-trap recipients: a RCPT to one is reported as a rcpt_trap event
     trap_rcpt: tuple[str, ...] = ()
     tag_header: str = "X-CrowdSec-Decision"
+    # the sensor's session signals: our own domains (HELO, MAIL FROM), fan-out limits
+    local_domains: frozenset[str] = frozenset()
+    fanout_limit: int = 0
+    fanout_domains: int = 0
+    # (country, AS) of an address, from the MaxMind databases given; None without any
+    locate: Callable[[str], tuple[str, str]] | None = None
+    # decisions on logins are checked at MAIL (--account-decisions)
+    accounts: bool = False
 
     @property
     def tagging(self) -> bool:
@@ -66,14 +76,15 @@ class SessionContext:
 
     @property
     def final_at_verdict(self) -> bool:
-        """Nothing after the verdict matters: no events to write, no trap to watch for."""
-        return self.events is None and not self.trap_rcpt
+        """Nothing after the verdict matters: no events to write, no trap to watch for, no
+        login to check at MAIL."""
+        return self.events is None and not self.trap_rcpt and not self.accounts
 
     def request(self, actions: int, offered: int) -> Request:
         """What to ask of an MTA offering `actions` and protocol bits `offered`."""
         return request(self.stage, sensor=self.events is not None,
                        mail=self.exempt_authenticated, rcpt=bool(self.trap_rcpt),
-                       actions=actions, offered=offered)
+                       actions=actions, offered=offered, account=self.accounts)
 
 
 def _matches(rcpt: str, patterns: tuple[str, ...]) -> bool:
@@ -120,6 +131,9 @@ class Session(Milter.Base):
         self.asked = False
         self.reported = False
         self.tag = ""  # the header value each message gets, for a tagged client
+        self.watched: bool | None = None  # an untrusted client's session signals are watched
+        self.signalled = False  # the session's own signals (helo, auth) were looked at
+        self.fanout: Fanout | None = None  # the open transaction's recipients, once watched
 
     # -- callbacks -------------------------------------------------------------------------
 
@@ -169,6 +183,10 @@ class Session(Milter.Base):
         self.mail_from = mailfrom or ""
         # the MTA sends {auth_authen} at MAIL (Postfix's milter_mail_macros default)
         self.auth_user = self._macro("{auth_authen}")
+        if self.auth_user and self.context.accounts:
+            refused = self._account()
+            if refused is not None:
+                return refused
         return self._at(Stage.MAIL, rcpt="")
 
     def envrcpt(self, to: str, *params: str) -> int:
@@ -176,6 +194,8 @@ class Session(Milter.Base):
             sender = self.getsymval("{mail_addr}")  # asked for instead of the MAIL callback
             if sender is not None:
                 self.mail_from = sender if sender[:1] == "<" else f"<{sender}>"
+            if self.context.events is not None:
+                self._signals(to)
             if self.getsymval("{rcpt_mailer}") == "error":
                 self._rcpt_rejected(to)
                 if self.context.trap(to):
@@ -194,7 +214,16 @@ class Session(Milter.Base):
     def data(self) -> int:
         # Nothing in headers or body matters to us: let the MTA skip the content phase,
         # unless the client is tagged (the header is added at end of message).
+        self._end_transaction()
         return Milter.CONTINUE if self.tag else Milter.ACCEPT
+
+    def abort(self) -> int:
+        self._end_transaction()  # RSET, or the client gave up on the message
+        return Milter.CONTINUE
+
+    def close(self) -> int:
+        self._end_transaction()
+        return Milter.CONTINUE
 
     def eom(self) -> int:
         """Only tagged sessions get here: one header naming the decision per message."""
@@ -205,6 +234,82 @@ class Session(Milter.Base):
                 self.context.tally.inc(ERRORS)
                 log.exception("internal error adding the %s header", self.context.tag_header)
         return Milter.ACCEPT
+
+    # -- the sensor's session signals -------------------------------------------------------
+
+    def _signals(self, to: str) -> None:
+        """At each RCPT, with the event log on: the session's signals once (auth_session
+        for a login, helo_forged otherwise), sender_spoofed once a transaction, and the
+        transaction's recipients counted. Only here is it known whether the client logged
+        in ({auth_authen} comes with the RCPT macros, or from MAIL)."""
+        try:
+            user = self.auth_user or self._macro("{auth_authen}")
+            self.auth_user = user
+            if user:
+                if not self.signalled:
+                    self.signalled = True
+                    self._auth_session()
+                return
+            if not self._watched():
+                return
+            context = self.context
+            if not self.signalled:
+                self.signalled = True
+                forged = helo_forged(self.helo, self.ip, self._macro("j"),
+                                     context.local_domains,
+                                     (self._macro("{daemon_addr}"), self._macro("{if_addr}")))
+                if forged:
+                    self._emit("helo_forged", forged=forged)
+            if self.fanout is None:  # the transaction's first recipient
+                self.fanout = Fanout()
+                if context.local_domains and sender_spoofed(self.mail_from,
+                                                            context.local_domains):
+                    self._emit("sender_spoofed")
+            self.fanout.add(to)
+        except Exception:
+            self.context.tally.inc(ERRORS)
+            log.exception("internal error watching the session of client %s",
+                          clean_text(self.ip, 64))
+
+    def _watched(self) -> bool:
+        """An unauthenticated client outside --trusted-network, whose address is known."""
+        if self.watched is None:
+            key = parse_address(self.ip) if self.ip else None
+            self.watched = key is not None and \
+                not self.context.policy.is_trusted(key[0], key[1])
+        return self.watched
+
+    def _end_transaction(self) -> None:
+        """DATA, RSET or the end of the session: one rcpt_fanout event for a transaction
+        past a fan-out limit."""
+        fanout, self.fanout = self.fanout, None
+        try:
+            context = self.context
+            if fanout is not None and context.events is not None and \
+                    fanout.exceeds(context.fanout_limit, context.fanout_domains):
+                self._emit("rcpt_fanout", recipients=fanout.recipients,
+                           domains=len(fanout.domains),
+                           recipient_limit=context.fanout_limit,
+                           domain_limit=context.fanout_domains)
+        except Exception:
+            self.context.tally.inc(ERRORS)
+            log.exception("internal error ending a transaction of client %s",
+                          clean_text(self.ip, 64))
+
+    def _auth_session(self) -> None:
+        country = asn = ""
+        if self.context.locate is not None and self.ip:
+            country, asn = self.context.locate(self.ip)
+        self._emit("auth_session", user=self.auth_user,
+                   auth_type=self._macro("{auth_type}"), country=country, asn=asn)
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        """One session event: who the client is, what it said, then the event's own fields."""
+        assert self.context.events is not None
+        self.context.events.emit(
+            event, client_ip=self.ip, client_name=self.client_name, helo=self.helo,
+            mail_from=self.mail_from, **fields, queue_id=self._macro("i"),
+            mta=self._macro("j"))
 
     # -- internals -------------------------------------------------------------------------
 
@@ -241,6 +346,29 @@ class Session(Milter.Base):
             log.exception("internal error deciding on client %s", clean_text(self.ip, 64))
             return self._fallback()
 
+    def _account(self) -> int | None:
+        """A login with a decision on it (--account-decisions): its answer, or None to go
+        on with the address's. --exempt-authenticated never exempts such a login."""
+        try:
+            verdict = self.context.policy.check_account(self.auth_user, self.ip)
+            if verdict is None:
+                return None
+            self._report(verdict, Stage.MAIL, "", account=True)
+            if not verdict.enforce:
+                return None
+            if verdict.action is Action.TAG:
+                assert verdict.decision is not None
+                self.tag = tag_value(verdict.decision)
+                return None
+            assert verdict.reply is not None
+            code, xcode, text = verdict.reply
+            self.setreply("421" if verdict.action is Action.DROP else code, xcode, text)
+            return _RESULT[verdict.action]
+        except Exception:
+            self.context.tally.inc(ERRORS)
+            log.exception("internal error deciding on login %s", clean_text(self.auth_user, 64))
+            return None
+
     def _passed(self) -> int:
         """The answer for a client let through at the deciding stage: when nothing later
         can change it or needs to be seen (no event log, no trap recipients), ACCEPT, and
@@ -258,17 +386,22 @@ class Session(Milter.Base):
             log.exception("internal error in the fallback answer")
             return Milter.CONTINUE
 
-    def _report(self, verdict: Verdict, stage: Stage, rcpt: str, exempt: bool = False) -> None:
+    def _report(self, verdict: Verdict, stage: Stage, rcpt: str, exempt: bool = False,
+                account: bool = False) -> None:
         """One operational log line and one event per blocked session (or per session an
-        authenticated client was let through in: action `exempt`, the decision named)."""
+        authenticated client was let through in: action `exempt`, the decision named; or
+        per message a login with a decision on it was answered in: `account`)."""
         decision = verdict.decision
         dtype = decision.type if decision else ""
         action = "exempt" if exempt else str(verdict.action)
-        self.context.tally.inc(blocked(dtype or verdict.reason,
-                                       decision.origin if decision else "", str(stage),
-                                       "exempt" if exempt else
-                                       str(verdict.action) if verdict.enforce else "none"))
-        if exempt:
+        carried = "exempt" if exempt else str(verdict.action) if verdict.enforce else "none"
+        origin = decision.origin if decision else ""
+        self.context.tally.inc(account_blocked(dtype, origin, carried) if account else
+                               blocked(dtype or verdict.reason, origin, str(stage), carried))
+        if account:
+            head = f"{verdict.action if verdict.enforce else 'would block'} login " \
+                   f"{clean_text(self.auth_user, 64)}"
+        elif exempt:
             head = f"exempt (authenticated as {clean_text(self.auth_user, 64)}, would " \
                    f"{verdict.action if verdict.enforce else 'not block'})"
         else:
@@ -346,7 +479,7 @@ def session_class(context: SessionContext) -> type[Session]:
     are negotiated as no-reply, so the MTA does not wait for them."""
     attrs: dict[str, Any] = {"context": context, "_requests": {}, "_said": set()}
     for name, stage in _NOREPLY_UNLESS.items():
-        if stage is not context.stage:
+        if stage is not context.stage and not (context.accounts and stage is Stage.MAIL):
             attrs[name] = Milter.noreply(getattr(Session, name))
     cls = type(f"Session_{context.stage}", (Session,), attrs)
     return Milter.rejected_recipients(cls)

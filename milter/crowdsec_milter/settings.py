@@ -34,6 +34,8 @@ class Settings:
     mode: str = _restart("stream")
     update_frequency: float = _restart(10.0)
     resync_interval: float = _restart(3600.0)
+    # stream mode: the last good decisions, enforced at start until a pull works; "" off
+    state_file: str = _restart("/var/lib/crowdsec-milter/decisions.state")
     cache_ttl: float = _restart(60.0)
     cache_size: int = _restart(100_000)
     lapi_timeout: float = _restart(2.0)
@@ -59,6 +61,15 @@ class Settings:
     always_allow_rcpt: tuple[str, ...] = ("postmaster@*", "abuse@*")
     exempt_authenticated: bool = False
     trap_rcpt: tuple[str, ...] = ()
+    local_domains: frozenset[str] = frozenset()
+    # conservative: a list server's message to 50 of one site's users, or to 5 sites, is
+    # rare from an unauthenticated client; a spammer's fan-out is not
+    fanout_limit: int = 50
+    fanout_domains: int = 5
+    # decisions on logins (scope username), checked at MAIL; the source asks LAPI for them
+    account_decisions: bool = _restart(False)
+    account_reply: str = ("account %(user)s is locked by CrowdSec: if it is yours, "
+                          "contact the postmaster")
     metrics_listen: tuple[str, int] | None = _restart(None)
     usage_metrics_interval: float = _restart(1800.0)
     lapi_ca: str | None = _restart(None)

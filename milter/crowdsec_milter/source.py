@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from cachetools import TLRUCache
 
 from .decisions import (
+    ACCOUNT_SCOPE,
     WIDEST_RANGE,
     Decision,
     DecisionError,
@@ -33,8 +34,20 @@ from .decisions import (
 from .geo import Geo, ScopedDecisions
 from .index import DecisionIndex
 from .lapi import LapiClient, LapiError
+from .state import Loaded, StateFile
 
 log = logging.getLogger("crowdsec_milter.source")
+
+# Full resyncs come every --resync-interval at the latest, and as often as every
+# AUDIT_MIN seconds while one costs little: at most 1/AUDIT_SHARE of the time (a 15k
+# blocklist: every minute; 1M decisions, 7 s a pull: every 6 minutes). CrowdSec 1.4.6 can
+# leave a decision out of every delta (one committed while a pull ran: its created_at falls
+# before the cursor that pull set); only a full pull brings it (integration/test_drift.py
+# caught a ban held by LAPI and missing here until the hourly resync). LAPI's ids only
+# grow, so a delta bringing a higher id while one in between never came is the sign of
+# such a loss: the next pull is then a full one, within the same cost share.
+AUDIT_MIN = 60.0
+AUDIT_SHARE = 50
 
 
 @dataclass(frozen=True)
@@ -73,7 +86,11 @@ class Source(Protocol):
     def lookup(self, family: int, number: int, text: str,
                complete: bool = True) -> list[Decision] | None: ...
 
+    def lookup_account(self, user: str) -> list[Decision] | None: ...
+
     def stats(self) -> SourceStats: ...
+
+    def locate(self, ip: str) -> tuple[str, str]: ...
 
     def start(self) -> None: ...
 
@@ -232,6 +249,13 @@ class _LapiSource:
         # told after each stream pull: (applied, decisions held); systemd's READY and
         # STATUS. A live source pulls nothing, so never calls it.
         self.on_pull: Callable[[bool, int], None] | None = None
+        self._geo: Geo | None = None
+
+    def locate(self, ip: str) -> tuple[str, str]:
+        """(country, AS) of an address from the databases given ('' for what is unknown):
+        the auth_session event's place."""
+        place = self._geo.locate(ip) if self._geo is not None else None
+        return place or ("", "")
 
 
 class StreamSource(_LapiSource):
@@ -240,12 +264,18 @@ class StreamSource(_LapiSource):
     def __init__(self, client: LapiClient, update_frequency: float, *,
                  resync_interval: float = 3600.0,
                  clock: Callable[[], float] = time.monotonic,
-                 geo: Geo | None = None, widest: tuple[int, int] = WIDEST_RANGE) -> None:
+                 geo: Geo | None = None, widest: tuple[int, int] = WIDEST_RANGE,
+                 accounts: bool = False, state: StateFile | None = None) -> None:
         super().__init__(client, clock)
         self._wide = WideRanges(widest)
-        # Country and AS decisions, asked of LAPI only for the scopes a database can match
+        # the last good decisions on disk: loaded at start, written after changes
+        self._state = state
+        self._dirty = False  # the index changed since the state file was last written
+        # Country and AS decisions, asked of LAPI only for the scopes a database can match;
+        # account (username) decisions unless account checks are off
         self._geo = geo
-        self._scopes = ",".join(("ip", "range", *geo.scopes)) if geo and geo.scopes else ""
+        extra = (*(geo.scopes if geo else ()), *((ACCOUNT_SCOPE,) if accounts else ()))
+        self._scopes = ",".join(("ip", "range", *extra)) if extra else ""
         self._scoped = ScopedDecisions()
         self._every = update_frequency
         self._resync_interval = resync_interval
@@ -253,6 +283,9 @@ class StreamSource(_LapiSource):
         self._synced = False
         self._need_startup = True
         self._last_startup = 0.0
+        self._resync_took = 0.0  # seconds the last full resync took
+        self._max_id = 0  # the highest decision id LAPI has sent (0: none yet)
+        self._gap = False  # an id below it never came: a resync is due
         self._last_sweep = 0.0
         self._last_error_kind = ""
         # decisions in a full answer that would have dropped most of those held, kept
@@ -288,16 +321,22 @@ class StreamSource(_LapiSource):
                 found = sorted(found + extra, key=lambda d: (d.severity, -d.expires))
         return found
 
+    def lookup_account(self, user: str) -> list[Decision] | None:
+        """The unexpired decisions on a login, or None before the first sync."""
+        if not self._synced:
+            return None
+        return self._scoped.lookup(ACCOUNT_SCOPE, user, self._clock())
+
     def _items(self, startup: bool) -> Iterator[tuple[str, Any]]:
-        """One pull's items, asking for Country and AS decisions only where they are used
-        (LAPI's default scopes are ip,range)."""
+        """One pull's items, asking for Country, AS and account decisions only where they
+        are used (LAPI's default scopes are ip,range)."""
         if self._scopes:
             return self._client.stream_items(startup, self._scopes)
         return self._client.stream_items(startup)
 
     @property
     def scoped_count(self) -> int:
-        """Country and AS decisions held."""
+        """Country, AS and account decisions held."""
         return len(self._scoped)
 
     def stats(self) -> SourceStats:
@@ -321,7 +360,9 @@ class StreamSource(_LapiSource):
         now = self._clock()
         self._counts.requests += 1
         try:
-            if self._need_startup or now - self._last_startup >= self._resync_interval:
+            since = now - self._last_startup
+            if self._need_startup or since >= self._resync_every() or \
+                    (self._gap and since >= AUDIT_SHARE * self._resync_took):
                 self._resync(now)
             else:
                 self._delta(now)
@@ -346,16 +387,24 @@ class StreamSource(_LapiSource):
         self._counts.last_good = now
         return True
 
+    def _resync_every(self) -> float:
+        """Seconds between full resyncs (see AUDIT_MIN)."""
+        return min(self._resync_interval, max(AUDIT_MIN, AUDIT_SHARE * self._resync_took))
+
     def _resync(self, now: float) -> None:
         """Every active decision (`startup=true`) into a new index, built while the answer
         arrives and swapped in whole once it is all good; LapiError if it is not."""
         log.info("stream resync: pulling every active decision")
         fresh = DecisionIndex(private=True)  # nobody reads it yet: grown in place
-        fresh_scoped = ScopedDecisions() if self._geo is not None else None
+        fresh_scoped = ScopedDecisions() if self._scopes else None
         fresh_wide = self._wide.fresh()
         count = _Counter()
         seen = 0
+        top = 0
         for key, item in self._items(True):
+            ident = item.get("id") if item.__class__ is dict else None
+            if ident.__class__ is int and ident > top:  # type: ignore[operator]
+                top = ident  # type: ignore[assignment]
             if key == "new":
                 _add(item, now, fresh, count, fresh_scoped, fresh_wide)
                 seen += 1
@@ -363,6 +412,7 @@ class StreamSource(_LapiSource):
                     log.info("stream resync: %d decisions read so far", seen)
         count.report(self._counts)
         done = self._clock()
+        self._resync_took = max(done - now, 0.0)
         if not self._accept_resync(len(fresh), done):
             self._need_startup = True  # the next update pulls everything again
             return
@@ -372,8 +422,11 @@ class StreamSource(_LapiSource):
             self._scoped = fresh_scoped
         self._wide = fresh_wide
         fresh_wide.settle()
+        self._dirty = True
         self._last_startup = done
         self._need_startup = False
+        self._max_id = top
+        self._gap = False
         log.info("stream resync: %d decision(s) held", len(fresh))
 
     def _delta(self, now: float) -> None:
@@ -382,19 +435,39 @@ class StreamSource(_LapiSource):
         A half-applied delta never lasts: the failed pull makes the next one a full resync,
         which replaces the index."""
         index = self._index
-        scoped = self._scoped if self._geo is not None else None
+        scoped = self._scoped if self._scopes else None
         count = _Counter()
         added = deleted = 0
+        ids = []
         with index.lock:
             for key, item in self._items(False):
+                ident = item.get("id") if item.__class__ is dict else None
+                if ident.__class__ is int and ident > self._max_id:  # type: ignore[operator]
+                    ids.append(ident)
                 if key == "new":
                     _add(item, now, index, count, scoped, self._wide)
                     added += 1
                 else:
                     deleted += _delete(item, now, index, scoped, self._wide)
         count.report(self._counts)
+        self._note_ids(ids)
         if added or deleted:
+            self._dirty = True
             log.info("stream delta: %d new, %d deleted, %d held", added, deleted, len(index))
+
+    def _note_ids(self, ids: list[int]) -> None:
+        """Ids above the highest seen so far, from one delta: a hole among them means a
+        decision no delta will bring (see AUDIT_MIN)."""
+        if not ids:
+            return
+        top = max(ids)
+        missing = top - self._max_id - len(set(ids))
+        if missing > 0 and self._max_id and not self._gap:
+            log.info("stream delta: %d decision id(s) below %d never came; a full resync "
+                     "follows (LAPI can leave out a decision committed during a pull)",
+                     missing, top)
+            self._gap = True
+        self._max_id = top
 
     def _accept_resync(self, fresh: int, now: float) -> bool:
         """Whether a full answer of `fresh` decisions may replace those held.
@@ -445,10 +518,43 @@ class StreamSource(_LapiSource):
                     self.on_pull(ok, len(self._index))
                 except Exception:
                     log.exception("unexpected error reporting a pull")
+            self._persist(final=False)
             delay = self._every if ok else min(max(delay * 2, self._every), 60.0)
             self._stop.wait(delay)
+        self._persist(final=True)
+
+    def _persist(self, final: bool) -> None:
+        """Write the state file after pulls that changed the index: when its pacing allows,
+        and at stop whatever is left. Runs in the puller, the index's only writer, so the
+        file is one consistent set; lookups take no lock and go on meanwhile."""
+        if self._state is None or not self._dirty or not (final or self._state.due()):
+            return
+        try:
+            saved = self._state.save(self._index, self._scoped.all() if self._scopes else [])
+        except Exception:  # a bug here must not kill the puller
+            log.exception("unexpected error writing the state file")
+            saved = False
+        self._dirty = not saved
+
+    def restore(self, loaded: Loaded) -> None:
+        """Enforce decisions read back from the state file until the first good pull
+        replaces them (that pull is a full resync: nothing from the file outlives it)."""
+        self._index = loaded.index
+        if self._scopes:  # only the scopes this milter asks for: a database or accounts
+            asked = self._scopes.split(",")
+            scoped = ScopedDecisions()
+            for decision in loaded.scoped:
+                if decision.scope.lower() in asked:
+                    scoped.add(decision)
+            self._scoped = scoped
+        self._synced = True
 
     def start(self) -> None:
+        """Load the state file (before the MTA can ask anything), then start pulling."""
+        if self._state is not None:
+            loaded = self._state.load()
+            if loaded is not None:
+                self.restore(loaded)
         self._thread = threading.Thread(target=self.run, name="lapi-stream", daemon=True)
         self._thread.start()
 
@@ -485,10 +591,12 @@ class LiveSource(_LapiSource):
 
     def __init__(self, client: LapiClient, cache_ttl: float, *, timeout: float,
                  maxsize: int = 100_000, clock: Callable[[], float] = time.monotonic,
-                 geo: Geo | None = None, widest: tuple[int, int] = WIDEST_RANGE) -> None:
+                 geo: Geo | None = None, widest: tuple[int, int] = WIDEST_RANGE,
+                 accounts: bool = False) -> None:
         super().__init__(client, clock)
         self._wide = WideRanges(widest)
         self._geo = geo  # also asks for the address's Country and AS decisions
+        self._accounts = accounts
         self._ttl = cache_ttl
         self._timeout = timeout
         self._cache: TLRUCache = TLRUCache(maxsize=maxsize, ttu=self._ttu, timer=clock)
@@ -556,6 +664,14 @@ class LiveSource(_LapiSource):
             found.sort(key=lambda d: (d.severity, -d.expires))
         return Partial(found) if unknown else found
 
+    def lookup_account(self, user: str) -> list[Decision] | None:
+        """LAPI's decisions on a login (`scopes=username&value=...`), cached like an
+        address's; [] with account checks off."""
+        if not self._accounts:
+            return []
+        return self._cached(f"{ACCOUNT_SCOPE}:{user}",
+                            lambda: self._client.query_scope(ACCOUNT_SCOPE, user))
+
     def _cached(self, key: str, ask: Callable[[], list[Any]]) -> list[Decision] | None:
         """The cached answer under `key`, or one request (`ask`) shared by every lookup of
         it that comes meanwhile."""
@@ -610,7 +726,7 @@ class LiveSource(_LapiSource):
                     continue
                 value = network_text(net.family, net.prefixlen, net.number, decision.scope)
                 found[decision.id, net] = decision._replace(value=value)
-            elif self._geo is not None:
+            elif self._geo is not None or self._accounts:
                 geo = count.parse_scoped(item, now)
                 if geo is not None:
                     scoped[geo.id] = geo

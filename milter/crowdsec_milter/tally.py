@@ -11,7 +11,9 @@ class Key(NamedTuple):
     """What one count is of. `kind` says which count; the other fields label it and stay
     empty where they do not apply."""
 
-    kind: str  # "sessions", "lookup", "blocked", "rcpt_rejected", "rcpt_trap" or "error"
+    # "sessions", "lookup", "blocked", "account_blocked", "rcpt_rejected", "rcpt_trap" or
+    # "error"
+    kind: str
     # lookup: clean, match, unavailable; rcpt_rejected: 4xx, 5xx, unknown; rcpt_trap:
     # accepted, rejected
     result: str = ""
@@ -32,6 +34,11 @@ LOOKUP_UNAVAILABLE = Key("lookup", "unavailable")
 
 def blocked(dtype: str, origin: str, stage: str, action: str) -> Key:
     return Key("blocked", type=dtype, origin=origin, stage=stage, action=action)
+
+
+def account_blocked(dtype: str, origin: str, action: str) -> Key:
+    """A login refused (or only logged) because of a decision on it."""
+    return Key("account_blocked", type=dtype, origin=origin, stage="mail", action=action)
 
 
 def rcpt_rejected(status: str) -> Key:

@@ -22,7 +22,9 @@ from collections import Counter
 from collections.abc import Iterable
 
 from .decisions import (
+    ACCOUNT_SCOPE,
     WIDEST_RANGE,
+    Decision,
     DecisionError,
     Partial,
     iso_expiry,
@@ -32,7 +34,8 @@ from .decisions import (
     too_wide,
 )
 from .lapi import LapiError
-from .policy import Action, Stage
+from .policy import Action, Policy, Stage, Verdict
+from .redact import scrub
 from .selection import Selection
 from .session import tag_value
 from .settings import Settings
@@ -41,6 +44,11 @@ from .wiring import make_client, make_geo, make_policy
 
 PROBE_IP = "192.0.2.1"  # TEST-NET-1: never a real client
 SAFE_UPDATE_FREQUENCY = 30.0  # seconds; LAPI moves the cursor on a GET at 60
+
+
+def say(*parts: object, **kw: object) -> None:
+    """print, with secrets masked (credentials in --lapi-url, the key in an error text)."""
+    print(*(scrub(str(p)) for p in parts), **kw)  # type: ignore[call-overload]
 
 
 def get_is_unsafe(settings: Settings) -> str | None:
@@ -59,27 +67,27 @@ def check(settings: Settings) -> int:
     client = make_client(settings)
     try:
         try:
-            print(f"LAPI {settings.lapi_url}: health {client.health()}")
+            say(f"LAPI {settings.lapi_url}: health {client.health()}")
         except LapiError as exc:
-            print(f"LAPI {settings.lapi_url}: unreachable ({exc})")
+            say(f"LAPI {settings.lapi_url}: unreachable ({exc})")
             return 1
         try:
             client.check_key(PROBE_IP)
         except LapiError as exc:
-            print(f"bouncer credentials: FAILED ({exc.kind}): {exc}")
+            say(f"bouncer credentials: FAILED ({exc.kind}): {exc}")
             return 1
-        print("bouncer credentials: accepted")
+        say("bouncer credentials: accepted")
         unsafe = get_is_unsafe(settings)
         if unsafe:
-            print(f"active decisions: not read: {unsafe}")
+            say(f"active decisions: not read: {unsafe}")
         else:
             try:
-                print(f"active decisions: "
+                say(f"active decisions: "
                       f"{count_decisions(client.active_decisions(), settings.selection, settings)}")
             except LapiError as exc:
-                print(f"active decisions: could not be counted ({exc.kind}): {exc}")
+                say(f"active decisions: could not be counted ({exc.kind}): {exc}")
                 return 1
-        print(f"mode {settings.mode}, stage {settings.stage}, "
+        say(f"mode {settings.mode}, stage {settings.stage}, "
               f"on LAPI error: {settings.on_lapi_error}")
         return 0
     finally:
@@ -96,7 +104,8 @@ def count_decisions(items: Iterable[object], selection: Selection | None = None,
     dropped: Counter[str] = Counter()
     skipped: Counter[str] = Counter()  # Country/AS decisions without their database
     usable = {"Country": bool(settings and settings.geoip_country_db),
-              "AS": bool(settings and settings.geoip_asn_db)}
+              "AS": bool(settings and settings.geoip_asn_db),
+              ACCOUNT_SCOPE: bool(settings and settings.account_decisions)}
     widest = settings.widest_range if settings else WIDEST_RANGE
     other = bad = wide = 0
     for item in items:
@@ -124,7 +133,8 @@ def count_decisions(items: Iterable[object], selection: Selection | None = None,
         text += f"; selected: {held - sum(dropped.values())}"
         for option in ("--origins", "--scenarios-containing", "--scenarios-not-containing"):
             text += f", dropped by {option}: {dropped[option]}"
-    for scope, option in (("Country", "--geoip-country-db"), ("AS", "--geoip-asn-db")):
+    for scope, option in (("Country", "--geoip-country-db"), ("AS", "--geoip-asn-db"),
+                          (ACCOUNT_SCOPE, "--account-decisions")):
         if skipped[scope]:
             text += f"; {skipped[scope]} {scope} (not used: no {option})"
     if wide:
@@ -156,17 +166,77 @@ def geo_line(settings: Settings, located: tuple[str, str] | None) -> str:
     return "; ".join(parts)
 
 
+def _show_decisions(decisions: list[Decision], policy: Policy) -> None:
+    now = time.monotonic()
+    wall = time.time()
+    for d in decisions:
+        say(f"decision id={d.id} type={d.type} scope={d.scope} value={d.value} "
+              f"origin={d.origin} scenario={d.scenario} expires_in={d.expires - now:.0f}s "
+              f"until={iso_expiry(d.expires, now, wall)}")
+        why = policy.selection.why_not(d.origin, d.scenario)
+        action, key = policy.action_for(d)
+        say(f"  not selected (dropped by {why})" if why else
+              f"  selected; --action key {key}: {action}")
+
+
+def _answer(verdict: Verdict | None, settings: Settings, where: str) -> int:
+    """Print what the milter would answer; 0 to let through, 3 to block."""
+    if verdict is not None and verdict.enforce and verdict.action is Action.TAG:
+        assert verdict.decision is not None
+        say(f"milter answer: tag: let through, each message gets the header "
+              f"{settings.tag_header}: {tag_value(verdict.decision)}")
+        return 0
+    if verdict is None or not verdict.enforce:
+        say("milter answer: let through" + (" (dry run)" if verdict else ""))
+        return 0
+    code, xcode, text = verdict.reply  # type: ignore[misc]
+    if verdict.action is Action.DROP:
+        code = "421"
+    say(f"milter answer: {verdict.action} at {where}: {code} {xcode or ''} "
+          f"{text.replace('%%', '%')}")
+    return 3
+
+
+def lookup_login(user: str, settings: Settings) -> int:
+    """`lookup user:LOGIN`: the decisions on a login (scope username) and what the milter
+    would answer it at MAIL; exit codes as for an address."""
+    unsafe = get_is_unsafe(settings)
+    if unsafe:
+        say(f"decisions on login {user}: not read: {unsafe}")
+        return 1
+    client = make_client(settings)
+    try:
+        source = LiveSource(client, 1.0, timeout=settings.lapi_timeout, accounts=True)
+        policy = make_policy(settings, source)
+        decisions = source.lookup_account(user)
+        if decisions is None:
+            say("LAPI could not answer; logins are then checked by address only")
+            return 1
+        _show_decisions(decisions, policy)
+        if not decisions:
+            say(f"no decision on login {user}")
+        if not settings.account_decisions:
+            say("milter answer: let through (logins are not checked: no "
+                  "--account-decisions)")
+            return 0
+        return _answer(policy.check_account(user, ""), settings, "mail")
+    finally:
+        client.close()
+
+
 def lookup(ip: str, settings: Settings) -> int:
-    """Print the decisions on IP and what the milter would answer; exit 0 if it would
-    let the client through, 3 if it would block it, 1 if LAPI could not say (or could not
-    be asked without disturbing a running milter)."""
+    """Print the decisions on IP (or on a login, `user:LOGIN`) and what the milter would
+    answer; exit 0 if it would let the client through, 3 if it would block it, 1 if LAPI
+    could not say (or could not be asked without disturbing a running milter)."""
+    if ip.startswith("user:") and len(ip) > 5:
+        return lookup_login(ip[5:], settings)
     address = parse_address(ip)
     if address is None:
-        print(f"crowdsec-milter: error: not an IP address: {ip!r}", file=sys.stderr)
+        say(f"crowdsec-milter: error: not an IP address: {ip!r}", file=sys.stderr)
         return 2
     unsafe = get_is_unsafe(settings)
     if unsafe:
-        print(f"decisions on {ip}: not read: {unsafe}")
+        say(f"decisions on {ip}: not read: {unsafe}")
         return 1
     client = make_client(settings)
     geo = make_geo(settings)
@@ -176,47 +246,27 @@ def lookup(ip: str, settings: Settings) -> int:
         policy = make_policy(settings, source)
         family, number, text = address
         located = geo.locate(text) if geo else ("", "")
-        print(geo_line(settings, located))
+        say(geo_line(settings, located))
         decisions = source.lookup(family, number, text)
         if decisions is None:
-            print(f"LAPI could not answer; clients get: {settings.on_lapi_error}")
+            say(f"LAPI could not answer; clients get: {settings.on_lapi_error}")
             return 1
         if isinstance(decisions, Partial):
-            print(f"the Country/AS decisions on this address could not be had; for them "
+            say(f"the Country/AS decisions on this address could not be had; for them "
                   f"clients get: {settings.on_lapi_error} (the more severe answer wins)")
-        now = time.monotonic()
-        wall = time.time()
-        for d in decisions:
-            print(f"decision id={d.id} type={d.type} scope={d.scope} value={d.value} "
-                  f"origin={d.origin} scenario={d.scenario} expires_in={d.expires - now:.0f}s "
-                  f"until={iso_expiry(d.expires, now, wall)}")
-            why = policy.selection.why_not(d.origin, d.scenario)
-            action, key = policy.action_for(d)
-            print(f"  not selected (dropped by {why})" if why else
-                  f"  selected; --action key {key}: {action}")
+        _show_decisions(decisions, policy)
         for d in source.too_wide():
-            print(f"decision id={d.id} type={d.type} scope={d.scope} value={d.value} "
+            say(f"decision id={d.id} type={d.type} scope={d.scope} value={d.value} "
                   f"origin={d.origin} scenario={d.scenario}")
-            print(f"  not enforced: wider than --widest-range "
+            say(f"  not enforced: wider than --widest-range "
                   f"{settings.widest_range[0]},{settings.widest_range[1]}")
         if not decisions:
-            print("no decision covers this address")
+            say("no decision covers this address")
         verdict = policy.check(ip)
         if policy.is_trusted(family, number):
-            print("trusted network: never blocked")
-        if verdict is not None and verdict.enforce and verdict.action is Action.TAG:
-            assert verdict.decision is not None
-            print(f"milter answer: tag: let through, each message gets the header "
-                  f"{settings.tag_header}: {tag_value(verdict.decision)}")
-            return 0
-        if verdict is None or not verdict.enforce:
-            print("milter answer: let through" + (" (dry run)" if verdict else ""))
-            return 0
-        code, xcode, text = verdict.reply  # type: ignore[misc]
-        stages = [s.value for s in Stage]
-        print(f"milter answer: {verdict.action} at {settings.stage} "
-              f"(stages: {', '.join(stages)}): {code} {xcode or ''} {text.replace('%%', '%')}")
-        return 3
+            say("trusted network: never blocked")
+        stages = ", ".join(s.value for s in Stage)
+        return _answer(verdict, settings, f"{settings.stage} (stages: {stages})")
     finally:
         client.close()
 

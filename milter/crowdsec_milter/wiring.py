@@ -6,6 +6,7 @@ parts here, so a setting means the same thing to each of them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .events import EventWriter
@@ -16,6 +17,7 @@ from .policy import DecisionSource, Policy
 from .session import SessionContext
 from .settings import Settings
 from .source import LiveSource, Source, StreamSource
+from .state import StateFile
 from .tally import Tally
 from .usage import UsagePusher
 
@@ -67,11 +69,14 @@ def make_geo(settings: Settings) -> Geo | None:
 def make_source(settings: Settings, client: LapiClient) -> Source:
     geo = make_geo(settings)
     if settings.mode == "stream":
+        state = StateFile(settings.state_file) if settings.state_file else None
         return StreamSource(client, settings.update_frequency,
                             resync_interval=settings.resync_interval, geo=geo,
-                            widest=settings.widest_range)
+                            accounts=settings.account_decisions, widest=settings.widest_range,
+                            state=state)
     return LiveSource(client, settings.cache_ttl, timeout=settings.lapi_timeout,
-                      maxsize=settings.cache_size, geo=geo, widest=settings.widest_range)
+                      maxsize=settings.cache_size, geo=geo, widest=settings.widest_range,
+                      accounts=settings.account_decisions)
 
 
 def make_policy(settings: Settings, source: DecisionSource, tally: Tally | None = None) -> Policy:
@@ -86,17 +91,23 @@ def make_policy(settings: Settings, source: DecisionSource, tally: Tally | None 
         dry_run=settings.dry_run,
         tally=tally,
         selection=settings.selection,
+        account_text=settings.account_reply,
     )
 
 
 def make_context(settings: Settings, source: DecisionSource, tally: Tally,
-                 events: EventWriter | None) -> SessionContext:
+                 events: EventWriter | None,
+                 locate: Callable[[str], tuple[str, str]] | None = None) -> SessionContext:
     """What sessions are handed: built at start and again by each SIGHUP reload."""
     return SessionContext(policy=make_policy(settings, source, tally), stage=settings.stage,
                           events=events, tally=tally,
                           always_allow_rcpt=settings.always_allow_rcpt,
                           exempt_authenticated=settings.exempt_authenticated,
-                          trap_rcpt=settings.trap_rcpt, tag_header=settings.tag_header)
+                          trap_rcpt=settings.trap_rcpt, tag_header=settings.tag_header,
+                          local_domains=settings.local_domains,
+                          fanout_limit=settings.fanout_limit,
+                          fanout_domains=settings.fanout_domains, locate=locate,
+                          accounts=settings.account_decisions)
 
 
 def build(settings: Settings) -> Parts:
@@ -107,7 +118,7 @@ def build(settings: Settings) -> Parts:
     events = None
     if settings.event_log != "none":
         events = EventWriter(settings.event_log, maxsize=settings.event_queue)
-    context = make_context(settings, source, tally, events)
+    context = make_context(settings, source, tally, events, source.locate)
     metrics = None
     if settings.metrics_listen is not None:
         host, port = settings.metrics_listen
