@@ -1,85 +1,106 @@
 #!/usr/bin/env bash
-# Runs the README's two commands on a fresh Debian 12 root filesystem, as a new user would:
-# debootstrap --variant=minbase bookworm (its pristine tarball cached outside the repo, in
-# /var/cache/crowdsec-milter-ci), this commit cloned into it, then `bash integration/demo.sh`
-# and `bash integration/run-tests.sh` as root in private PID and mount namespaces with a clean
-# environment. Only the host's network settings are carried in: apt sources, resolver, CA
-# certificates and pip's configuration. Fails if either command fails.
+# Fresh Debian root filesystems, as a new user's machine would be: debootstrap --variant=minbase
+# of a release (bookworm = Debian 12, trixie = Debian 13), its pristine tarball cached outside
+# the repo in /var/cache/crowdsec-milter-ci, this commit cloned into /root/crowdsec-milter, and
+# a command run there as root in private PID and mount namespaces with a clean environment.
+# Only the host's network settings are carried in: apt sources (with the release's name),
+# resolver, CA certificates and pip's configuration.
 #
-# Usage: bash .ci/fresh-debian.sh [--keep]   (run as root on a Debian 12 host)
+# As a command (run as root on a Debian host):
+#   bash .ci/fresh-debian.sh [--keep] RELEASE [COMMAND]
+# runs COMMAND (default: the README's two commands) in a new pristine root of RELEASE.
+# As a library (.ci/run sources it): fresh_root, in_root, ensure_tarball, readme_commands.
 set -euo pipefail
-repo=$(cd "$(dirname "$0")/.." && pwd)
-keep=${1:-}
-cache=/var/cache/crowdsec-milter-ci
-tarball=$cache/bookworm-minbase.tar.gz
+ci_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ci_cache=/var/cache/crowdsec-milter-ci
 export DEBIAN_FRONTEND=noninteractive
 
-say() { printf '== fresh-debian: %s (%ss)\n' "$*" "$SECONDS"; }
-
-# The host's Debian mirror, from its apt sources (deb822 or one-line format).
-mirror=$(grep -hE '^[[:space:]]*(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
-         | grep -oE 'https?://[^ ]+/debian/?( |$)' | grep -v -- '-security' | head -n 1 | tr -d ' ' || true)
-mirror=${mirror:-http://deb.debian.org/debian}
-
-if [ ! -s "$tarball" ]; then
-  command -v debootstrap >/dev/null || { apt-get update -q && apt-get install -y -q debootstrap; }
-  say "debootstrap --variant=minbase bookworm from $mirror (cached afterwards in $tarball)"
-  mkdir -p "$cache"
-  rm -rf "$cache"/build.*
-  build=$(mktemp -d "$cache/build.XXXXXX")
-  debootstrap --variant=minbase bookworm "$build" "$mirror" > "$cache/debootstrap.log" 2>&1 \
-    || { tail -n 30 "$cache/debootstrap.log"; exit 1; }
-  rm -rf "$build"/var/cache/apt/archives/*.deb "$build"/var/lib/apt/lists/*
-  tar -C "$build" -czf "$tarball.part" . && mv "$tarball.part" "$tarball"
-  rm -rf "$build"
-fi
-
-roots=()
-cleanup() {
-  for r in "${roots[@]}"; do
-    if [ "$keep" = --keep ]; then echo "root filesystem kept in $r"; else rm -rf --one-file-system "$r"; fi
-  done
+# The host's Debian mirror, from its apt sources (deb822 `URIs:` lines or one-line format),
+# not the security archive.
+ci_mirror() {
+  local m
+  m=$(grep -hE '^[[:space:]]*(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list \
+        2>/dev/null | grep -oE 'https?://[^ ]+/debian/?( |$)' | grep -v -- '-security' \
+        | head -n 1 | tr -d ' ' || true)
+  echo "${m:-http://deb.debian.org/debian}"
 }
-trap cleanup EXIT
 
-# fresh_root: a pristine Debian 12 with this commit in /root/crowdsec-milter; prints its path.
+# The host's release name (what its apt sources say), replaced by the target's in copies.
+ci_host_release() { (. /etc/os-release && echo "$VERSION_CODENAME"); }
+
+# ensure_tarball RELEASE: the cached pristine minbase tarball of RELEASE, built once (two
+# jobs asking at the same time build it once: the second waits on the lock).
+ensure_tarball() {
+  local release=$1 tarball=$ci_cache/$1-minbase.tar.gz build
+  mkdir -p "$ci_cache"
+  (
+    flock 9
+    [ -s "$tarball" ] && exit 0
+    command -v debootstrap >/dev/null || { apt-get update -q && apt-get install -y -q debootstrap; }
+    echo "== debootstrap --variant=minbase $release from $(ci_mirror) (cached in $tarball)" >&2
+    rm -rf "$ci_cache/build.$release".*
+    build=$(mktemp -d "$ci_cache/build.$release.XXXXXX")
+    debootstrap --variant=minbase "$release" "$build" "$(ci_mirror)" \
+      > "$ci_cache/debootstrap-$release.log" 2>&1 \
+      || { tail -n 30 "$ci_cache/debootstrap-$release.log" >&2; exit 1; }
+    rm -rf "$build"/var/cache/apt/archives/*.deb "$build"/var/lib/apt/lists/*
+    tar -C "$build" -czf "$tarball.part" . && mv "$tarball.part" "$tarball"
+    rm -rf "$build"
+  ) 9> "$ci_cache/$release.lock"
+  echo "$tarball"
+}
+
+# fresh_root RELEASE DIR: a pristine RELEASE in DIR (empty or absent) with this commit in
+# /root/crowdsec-milter.
 fresh_root() {
-  local root
-  root=$(mktemp -d /var/tmp/crowdsec-milter-fresh.XXXXXX)
-  roots+=("$root")
+  local release=$1 root=$2 tarball host f
+  tarball=$(ensure_tarball "$release")
+  host=$(ci_host_release)
+  mkdir -p "$root"
   tar -C "$root" -xzf "$tarball"
   # Network settings only: apt sources, resolver, CA certificates, pip's configuration.
   cp /etc/resolv.conf "$root/etc/resolv.conf"
   rm -f "$root"/etc/apt/sources.list "$root"/etc/apt/sources.list.d/*
-  [ -f /etc/apt/sources.list ] && cp /etc/apt/sources.list "$root/etc/apt/"
+  if [ -f /etc/apt/sources.list ]; then
+    sed "s/\b$host\b/$release/g" /etc/apt/sources.list > "$root/etc/apt/sources.list"
+  fi
   for f in /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
-    [ -f "$f" ] && cp "$f" "$root/etc/apt/sources.list.d/"
+    [ -f "$f" ] && sed "s/\b$host\b/$release/g" "$f" > "$root/etc/apt/sources.list.d/${f##*/}"
   done
   mkdir -p "$root/usr/local/share/ca-certificates"
   cp -r /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
-  [ -f /etc/pip.conf ] && cp /etc/pip.conf "$root/etc/pip.conf"
-  git clone -q --no-hardlinks "$repo" "$root/root/crowdsec-milter"
-  git -C "$root/root/crowdsec-milter" checkout -q "$(git -C "$repo" rev-parse HEAD)"
-  fresh=$root
+  if [ -f /etc/pip.conf ]; then cp /etc/pip.conf "$root/etc/pip.conf"; fi
+  git clone -q --no-hardlinks "$ci_repo" "$root/root/crowdsec-milter"
+  git -C "$root/root/crowdsec-milter" checkout -q "$(git -C "$ci_repo" rev-parse HEAD)"
 }
 
-# in_root ROOT SCRIPT: SCRIPT run by bash as root in ROOT, in private PID and mount namespaces,
-# with nothing of this host's environment but the locale.
+# in_root ROOT SCRIPT [SHARED]: SCRIPT run by bash as root in ROOT's /root/crowdsec-milter, in
+# private PID and mount namespaces, with nothing of this host's environment but the locale.
+# SHARED, a host folder, is mounted at /root/artifacts (what one job leaves for another).
 in_root() {
   unshare --pid --fork --mount --propagation private --mount-proc="$1/proc" \
     /bin/bash -c '
       set -e
-      root=$1
+      root=$1 shared=$3
+      # the root a mount point of its own, as on a real machine: `unshare --mount` and
+      # dockerd inside need a / they can make private (a plain chroot directory is not one)
+      mount --rbind "$root" "$root"
       mount --rbind /dev "$root/dev"
       mount --make-rslave "$root/dev"
       mount -t sysfs sysfs "$root/sys" 2>/dev/null || mount --rbind /sys "$root/sys"
       mount -t tmpfs tmpfs "$root/tmp"
       mount -t tmpfs tmpfs "$root/run"
+      if [ -n "$shared" ]; then
+        mkdir -p "$root/root/artifacts"
+        mount --bind "$shared" "$root/root/artifacts"
+      fi
       exec chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb CI=true \
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        /bin/bash -c "cd /root/crowdsec-milter && $2"' fresh "$1" "$2"
+        /bin/bash -c "cd /root/crowdsec-milter && $2"' fresh "$1" "$2" "${3:-}"
 }
 
+# The README's two commands, exactly as written, then the promises around them.
+# shellcheck disable=SC2034  # used by .ci/run
 readme_commands='set -eu
 echo "== README command 1: bash integration/demo.sh"
 bash integration/demo.sh
@@ -99,17 +120,18 @@ mv /etc/resolv.conf /etc/resolv.conf.off
 PIP_INDEX_URL=http://127.0.0.1:9/ http_proxy=http://127.0.0.1:9/ bash integration/setup.sh
 mv /etc/resolv.conf.off /etc/resolv.conf
 '
-say "fresh Debian 12 #1: the README's two commands"
-fresh_root
-in_root "$fresh" "$readme_commands"
 
-# The README's Install section, on a machine of its own: its lines up to the first cscli one.
-install_lines=$(awk '/^## Install/{on=1; next} on && /^```sh/{code=1; next}
-                    code && /^```/{exit} code && /^cscli/{exit} code' "$repo/README.md")
-say "fresh Debian 12 #2: the README's Install section"
-printf '%s\n' "$install_lines"
-fresh_root
-in_root "$fresh" "set -eux
-$install_lines
-crowdsec-milter --version"
-say "passed"
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  keep=
+  if [ "${1:-}" = --keep ]; then keep=1; shift; fi
+  release=${1:?usage: bash .ci/fresh-debian.sh [--keep] RELEASE [COMMAND]}
+  command=${2:-$readme_commands}
+  root=$(mktemp -d "/var/tmp/crowdsec-milter-$release.XXXXXX")
+  if [ -n "$keep" ]; then
+    trap 'echo "root filesystem kept in $root"' EXIT
+  else
+    trap 'rm -rf --one-file-system "$root"' EXIT
+  fi
+  fresh_root "$release" "$root"
+  in_root "$root" "$command"
+fi

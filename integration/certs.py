@@ -1,5 +1,9 @@
 """Test certificates made with openssl: a CA, a server certificate for 127.0.0.1 and client
-certificates with a chosen OU (CrowdSec tells bouncers from agents by the OU)."""
+certificates with a chosen OU (CrowdSec tells bouncers from agents by the OU).
+
+The CA carries keyUsage (keyCertSign, cRLSign), as strict X.509 checking (Python 3.13's
+default, and the milter's on every Python) requires of a CA; `key_usage=False` makes one
+without it, as `openssl req -x509` does with Debian's default configuration."""
 
 from __future__ import annotations
 
@@ -11,12 +15,23 @@ def _run(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
-def make_ca(folder: Path, name: str = "test-ca") -> tuple[Path, Path]:
+def make_ca(folder: Path, name: str = "test-ca", *, key_usage: bool = True,
+            key: Path | None = None, file_name: str = "") -> tuple[Path, Path]:
+    """A self-signed CA; with `key`, a CA certificate for an existing key (the same CA
+    reissued: what it signed verifies against either certificate)."""
     folder.mkdir(parents=True, exist_ok=True)
-    key, cert = folder / f"{name}.key", folder / f"{name}.pem"
-    _run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-         f"/CN={name}", "-keyout", str(key), "-out", str(cert))
-    return cert, key
+    cert = folder / f"{file_name or name}.pem"
+    new_key = ["-newkey", "rsa:2048", "-nodes", "-keyout", str(folder / f"{name}.key")]
+    usage = ["-addext", "keyUsage=critical,keyCertSign,cRLSign"] if key_usage else []
+    _run("req", "-x509", *(["-key", str(key)] if key else new_key), "-days", "2", "-subj",
+         f"/CN={name}", *usage, "-out", str(cert))
+    return cert, key or folder / f"{name}.key"
+
+
+def has_key_usage(cert: Path) -> bool:
+    out = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-text"],
+                         check=True, capture_output=True, text=True).stdout
+    return "X509v3 Key Usage" in out
 
 
 def make_cert(folder: Path, name: str, ca: tuple[Path, Path], *, ou: str = "",

@@ -21,7 +21,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${VENV:-$ROOT/.venv}
 WORK=${MUTATION_DIR:-$ROOT/.mutation}
 JOBS=${JOBS:-2}
-ALL=(decisions policy jsonstream events cli index)
+ALL=(decisions policy jsonstream events cli index address)
 MODULES=("${@:-${ALL[@]}}")
 
 if ! "$VENV/bin/python" -c 'import mutmut' 2>/dev/null; then

@@ -202,13 +202,14 @@ class _Smtp:
         return self.reply()
 
 
-def session(port: int, client_ip: str, *, helo: str = "client.example",
+def session(port: int, client_ip: str, *, helo: str | None = "client.example",
             mail_from: str | bytes = "sender@example.net",
             rcpts: list[str | bytes] = (), data: bool = True,  # type: ignore[assignment]
             client_name: str | None = None, host: str = "127.0.0.1",
             login: str | None = None, subject: str = "test") -> Transcript:
     """One SMTP session through Postfix as if it came from `client_ip` (XCLIENT); with
-    `login`, as if that client had authenticated (XCLIENT LOGIN: {auth_authen} at MAIL)."""
+    `login`, as if that client had authenticated (XCLIENT LOGIN: {auth_authen} at MAIL);
+    with `helo=None`, straight to MAIL after the greeting (Postfix does not require HELO)."""
     t = Transcript()
     smtp = _Smtp(host, port)
 
@@ -233,7 +234,8 @@ def session(port: int, client_ip: str, *, helo: str = "client.example",
         t.replies.append(("XCLIENT", code, text))
         if code in (421, 0) or (code // 100 == 5 and "XCLIENT" in text):
             return t
-        step("EHLO", b"EHLO " + helo.encode())
+        if helo is not None:
+            step("EHLO", b"EHLO " + helo.encode())
         raw_from = mail_from if isinstance(mail_from, bytes) else mail_from.encode()
         if step("MAIL", b"MAIL FROM:<" + raw_from + b">") // 100 != 2:
             step("QUIT", b"QUIT")

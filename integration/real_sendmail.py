@@ -1,5 +1,5 @@
-"""A real Sendmail 8.17 (Debian's sendmail-bin, unpacked beside Postfix, whose package
-conflicts with it) run privately on loopback in front of a milter.
+"""A real Sendmail (Debian's sendmail-bin: 8.17 on Debian 12, 8.18 on 13; unpacked beside
+Postfix, whose package conflicts with it) run privately on loopback in front of a milter.
 
 Sendmail has no XCLIENT: tests play other clients by binding their socket to another
 address of 127.0.0.0/8. It runs in a UTS namespace of its own with a dotted host name: with

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up (integration/setup.sh) and runs every test: ruff, unit tests, and the integration
-# tests against real Postfix and CrowdSec. Run as root on Debian 12. Extra arguments go to
+# tests against real Postfix and CrowdSec. Run as root on Debian 12 or 13. Extra arguments go to
 # pytest (e.g. -k live, or -x).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything the demo and the tests need on a Debian 12 machine (run as root).
+# Installs everything the demo and the tests need on a Debian 12 (bookworm) or Debian 13
+# (trixie) machine (run as root).
 #
 # What it installs: Debian's postfix, crowdsec, libmilter, swaks, miltertest and the tools the
 # tests drive, the compiler and Python headers that pymilter (PyPI has only its source) needs,
@@ -17,17 +18,19 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export DEBIAN_FRONTEND=noninteractive
 
-# Docker and the Compose of the release for the compose test (integration/test_compose.py),
-# debootstrap for its base images: Debian 12's docker.io carries the docker CLI and Compose is
-# v1 (docker-compose 1.29); from Debian 13 the CLI is docker-cli and Compose is v2.
+# Package names that follow the release. The unpacked Sendmail binary needs OpenLDAP's
+# library: 2.5 on Debian 12, 2.6 (libldap2) on Debian 13 and later. The compose test
+# (integration/test_compose.py) needs Docker and the release's Compose: Debian 12's docker.io
+# carries the docker CLI and Compose is v1 (docker-compose 1.29); from Debian 13 the CLI is
+# docker-cli and Compose is v2. debootstrap makes its base images.
 codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
 case "$codename" in
-  bookworm) docker_pkgs=(docker.io docker-compose) ;;
-  *) docker_pkgs=(docker.io docker-cli docker-compose) ;;
+  bookworm) libldap=libldap-2.5-0; docker_pkgs=(docker.io docker-compose) ;;
+  *) libldap=libldap2; docker_pkgs=(docker.io docker-cli docker-compose) ;;
 esac
 pkgs=(postfix crowdsec libmilter-dev libmilter1.0.1 swaks miltertest python3-venv python3-dev
-      gcc libc6-dev ca-certificates openssl iproute2 procps systemd logrotate m4
-      libwrap0 libldap-2.5-0 "${docker_pkgs[@]}" iptables debootstrap)
+      gcc libc6-dev ca-certificates openssl iproute2 procps python3-yaml systemd
+      logrotate m4 libwrap0 "$libldap" "${docker_pkgs[@]}" iptables debootstrap)
 # packages whose daemons must not start at install, nor at boot (docker.io: docker.service,
 # and containerd with it)
 daemons=(postfix crowdsec docker.io)

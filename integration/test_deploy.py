@@ -1,8 +1,8 @@
 """The deployment files, proved without a Docker engine.
 
-- docker-compose (v1, Debian's) validates and normalises docker-compose.yml; every path,
-  variable, flag, port and volume it uses is checked against the repo, the Dockerfiles and
-  the program's own options.
+- docker-compose (Debian's: v1 on Debian 12, v2 on 13) validates and normalises
+  docker-compose.yml; every path, variable, flag, port and volume it uses is checked against
+  the repo, the Dockerfiles and the program's own options.
 - Each script runs natively: the CrowdSec init script against a fake cscli (every state it
   must recover from) and against the real cscli; the milter entrypoint; the Postfix entrypoint
   into a temporary config folder checked by `postfix check`; the health check.
@@ -62,21 +62,29 @@ def options() -> set[str]:
 
 
 def yaml_load(text: str) -> Any:
-    """YAML through the interpreter docker-compose itself runs on (it ships PyYAML)."""
-    shebang = Path(shutil.which("docker-compose") or "docker-compose").read_text().splitlines()[0]
-    out = subprocess.run([shebang[2:].strip(), "-c", "import json, sys, yaml; "
+    """YAML through Debian's python3-yaml (setup.sh installs it; Compose v1 runs on it)."""
+    out = subprocess.run(["/usr/bin/python3", "-c", "import json, sys, yaml; "
                           "json.dump(yaml.safe_load(sys.stdin), sys.stdout)"],
                          input=text, capture_output=True, text=True, check=True, timeout=30)
     return json.loads(out.stdout)
 
 
+def compose_major() -> int:
+    """1 for Debian 12's docker-compose (Python), 2 for Debian 13's (Compose v2, Go)."""
+    out = subprocess.run(["docker-compose", "version", "--short"], capture_output=True,
+                         text=True, check=True, timeout=60)
+    return int(out.stdout.strip().split(".")[0])
+
+
 @functools.cache
 def compose() -> dict[str, Any]:
-    """docker-compose.yml as docker-compose normalises it (paths absolute, lists expanded)."""
-    out = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True,
-                         text=True, cwd=REPO, timeout=60)
+    """docker-compose.yml as docker-compose normalises it (paths absolute, lists expanded):
+    v2 prints it as JSON, v1 only as YAML."""
+    json_out = ["--format", "json"] if compose_major() >= 2 else []
+    out = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", *json_out],
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
-    return yaml_load(out.stdout)
+    return json.loads(out.stdout) if json_out else yaml_load(out.stdout)
 
 
 def service(name: str) -> dict[str, Any]:
@@ -93,6 +101,16 @@ def mounts(name: str) -> list[tuple[str, str]]:
             source, target = v.split(":")[:2]
             result.append((source, target))
     return result
+
+
+def read_only(name: str, volume: str) -> bool:
+    """Whether a service mounts a volume read-only (v1 keeps the short form, v2 the long)."""
+    for v in service(name).get("volumes", []):
+        if isinstance(v, dict) and v["source"] == volume:
+            return bool(v.get("read_only"))
+        if isinstance(v, str) and v.split(":")[0] == volume:
+            return v.split(":")[2:3] == ["ro"]
+    raise AssertionError((name, volume))
 
 
 def mount_of(name: str, volume: str) -> str:
@@ -252,7 +270,7 @@ def test_variables_flags_and_ports_line_up() -> None:
     assert Path(key_in_cs).parent == Path(mount_of("crowdsec", "milter-key"))
     assert Path(key_in_milter).parent == Path(mount_of("milter", "milter-key"))
     assert Path(key_in_cs).name == Path(key_in_milter).name
-    assert f"milter-key:{mount_of('milter', 'milter-key')}:ro" in service("milter")["volumes"]
+    assert read_only("milter", "milter-key")
     uid = re.search(r"useradd [^&]*--uid (\d+)[^&]* milter", " ".join(stages(DOCKERFILE)[-1]))
     assert uid and cs_env["KEY_OWNER"] == uid.group(1)
 

@@ -4,6 +4,7 @@ header read from a mailbox Postfix's local(8) delivered to."""
 
 from __future__ import annotations
 
+import email.utils
 import itertools
 import json
 import mailbox
@@ -159,6 +160,22 @@ def test_tagged_client_gets_the_header_and_a_clean_one_does_not(
     line = next(x for x in grading.milter.log().splitlines() if f"client={ip} " in x)
     assert line.split(": ", 1)[1].startswith("tag client=")
     assert f"id={ident} " in line and " until=20" in line and "key=scenario:*web-scan*" in line
+
+
+def test_a_hostile_scenario_cannot_add_fields_to_the_tag_header(
+        grading: Node, lapi: CrowdSec) -> None:
+    """A scenario is whatever LAPI was given: separators inside it stay inside its value,
+    so the header parses back to the decision's own fields (issue 21, defect 14)."""
+    ip = fresh_ip()
+    scenario = 'crowdsecurity/web-scan; origin=crowdsec; scope=Range; value="0.0.0.0/0'
+    lapi.add_decision(ip=ip, duration="2h", reason=scenario)
+    assert eventually(lambda: mailbox_message(grading, ip)["X-CrowdSec-Decision"] is not None)
+    message = mailbox_message(grading, ip)
+    params = message.get_params(header="X-CrowdSec-Decision")
+    assert params is not None, message["X-CrowdSec-Decision"]
+    fields = [(k, email.utils.collapse_rfc2231_value(v)) for k, v in params]
+    assert fields == [("ban", ""), ("origin", "cscli"), ("scenario", scenario),
+                      ("scope", "Ip"), ("value", ip)], message["X-CrowdSec-Decision"]
 
 
 def test_most_specific_key_per_decision_most_severe_per_client(

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from certs import make_ca, make_cert
+from certs import has_key_usage, make_ca, make_cert
 from milter_process import MilterProcess, Mta
 from real_crowdsec import CrowdSec
 
@@ -69,3 +69,21 @@ def test_api_key_over_https_and_a_wrong_ca_is_refused(tls_lapi, tmp_path: Path) 
     assert "CERTIFICATE_VERIFY_FAILED" in bad.log() or "certificate" in bad.log().lower()
     assert key not in bad.log()
 
+
+
+def test_a_ca_without_key_usage_is_refused_saying_what_to_do(tls_lapi, tmp_path: Path) -> None:
+    """The CA that signed LAPI's certificate, reissued from its key without keyUsage (what
+    `openssl req -x509` makes by default): refused on every Python, as Python 3.13 refuses
+    it, and the log line names the problem and the fix."""
+    cs, ca, _, _ = tls_lapi
+    twin = make_ca(tmp_path, "test-ca", key_usage=False, key=ca[1], file_name="old-ca")
+    assert has_key_usage(ca[0]) and not has_key_usage(twin[0])
+    key = cs.add_bouncer("old-ca-key")
+    (tmp_path / "milter").mkdir()
+    proc = MilterProcess(tmp_path / "milter", cs.lapi_url, key, "--lapi-ca", str(twin[0]))
+    proc.start("stream pull failed")
+    proc.stop(signal.SIGKILL)
+    failed = [line for line in proc.log().splitlines() if "stream pull failed" in line]
+    assert "CA cert does not include key usage extension" in failed[0], failed
+    assert "--lapi-ca" in failed[0] and "keyUsage=critical,keyCertSign,cRLSign" in failed[0]
+    assert key not in proc.log()

@@ -93,6 +93,10 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         (["--reject-reply", "450 4.7.1 nope"], "--reject-reply"),
         (["--tempfail-reply", "451 4.7.1 %(secret)s"], "--tempfail-reply"),
         (["--drop-reply", "450 4.7.1 bye"], "--drop-reply"),
+        # longer than libmilter's 980 bytes even with the fields empty (issue 21, defect 4)
+        (["--reject-reply", "550 5.7.1 " + "x" * 1010], "--reject-reply"),
+        (["--tempfail-reply", "451 4.7.1 " + "é" * 491], "--tempfail-reply"),
+        (["--account-reply", "locked " + "x" * 980], "--account-reply"),
         (["--trusted-network", "10.0.0.0/33"], "--trusted-network"),
         (["--stage", "data"], "--stage"),
         (["--no-such-flag"], "--no-such-flag"),

@@ -21,6 +21,11 @@ from waiting import eventually
 
 HERE = Path(__file__).parent
 
+# A stop that hangs on its sink is what these tests catch (before the fix: not done after
+# 90 s). The milter gives the sink 1.5 s; the rest of this bound is scheduling slack on a
+# loaded 2-core machine (4-5 s seen there), not a timing target.
+HANG = 10.0
+
 
 def test_a_full_disk_never_tears_a_line_and_the_counters_tell_the_truth(
         tmp_path: Path) -> None:
@@ -70,7 +75,7 @@ def test_a_fifo_event_log_without_reader_neither_blocks_start_nor_stop(
         rcpts(mta, 5)
         mta.close()
         assert eventually(lambda: "dropped" in proc.log(), timeout=10), proc.log()
-        assert proc.stop(signal.SIGTERM) < 2.5, proc.log()
+        assert proc.stop(signal.SIGTERM) < HANG, proc.log()
         assert proc.proc is not None and proc.proc.returncode == 0, proc.log()
         assert "FIFO" in proc.log() or "no reader" in proc.log(), proc.log()
     finally:
@@ -93,7 +98,7 @@ def test_a_stalled_fifo_reader_costs_lines_logged_as_dropped_never_the_stop(
         assert eventually(lambda: "line(s) dropped" in proc.log(), timeout=15), proc.log()
         assert verdict(proc, "192.0.2.12") == "continue"
         took = proc.stop(signal.SIGTERM)
-        assert took < 2.5, f"SIGTERM to exit took {took:.2f}s: {proc.log()}"
+        assert took < HANG, f"SIGTERM to exit took {took:.2f}s: {proc.log()}"
         assert proc.proc is not None and proc.proc.returncode == 0, proc.log()
         # what the pipe got is whole lines only
         data = b""
@@ -130,7 +135,7 @@ def test_a_notify_socket_nobody_reads_never_holds_up_start_or_stop(
         assert eventually(lambda: queue_full(path), timeout=10)
         assert verdict(proc, "192.0.2.12") == "continue"
         took = proc.stop(signal.SIGTERM)  # STOPPING=1 finds the queue full
-        assert took < 2.5, f"SIGTERM to exit took {took:.2f}s: {proc.log()}"
+        assert took < HANG, f"SIGTERM to exit took {took:.2f}s: {proc.log()}"
         assert proc.proc is not None and proc.proc.returncode == 0, proc.log()
         assert "takes nothing" in proc.log(), proc.log()
     finally:

@@ -15,9 +15,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "milter" / "crowdsec_milter"
 # Lowest first. A module may import from any layer below its own, never from its own or
 # above. A new module must be placed here (the test says so).
 LAYERS: list[set[str]] = [
-    # data, helpers; what a session says about its client
+    # data, helpers; what a session says about its client; recipient spellings
     {"__init__", "decisions", "tally", "jsonstream", "events", "notify", "signals", "redact",
-     "guard"},
+     "guard", "address"},
     {"selection"},  # which decisions apply, which action each gets
     {"index", "policy"},  # pure logic over decisions
     # configuration; the LAPI client; what the MTA is asked; MaxMind databases; the
@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"__main__"},
 ]
 # The pure core: stdlib and our own data only, no HTTP, cache, libmilter or Prometheus.
-PURE = ("decisions", "tally", "selection", "index", "policy", "signals")
+PURE = ("decisions", "tally", "selection", "index", "policy", "signals", "address")
 
 
 def modules() -> list[str]:

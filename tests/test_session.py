@@ -187,6 +187,36 @@ def test_rejected_recipients_become_events(tmp_path: Path) -> None:
     assert events[1]["rcpt"] == '<x","client_ip":"6.6.6.6@example.org>'
 
 
+@pytest.mark.parametrize(("host", "addr", "status", "reason"), [
+    # Postfix: the status, and its reason text
+    ("5.1.1", "Recipient address rejected: User unknown", "5.1.1",
+     "Recipient address rejected: User unknown"),
+    ("4.7.1", "Relay access denied", "4.7.1", "Relay access denied"),
+    # Sendmail 8.17: the status, and its reply
+    ("5.1.1", "550 5.1.1 User unknown", "5.1.1", "550 5.1.1 User unknown"),
+    # a status only in the reply
+    ("", "550 5.1.1 User unknown", "5.1.1", "550 5.1.1 User unknown"),
+    ("", "550-5.7.1 denied", "5.7.1", "550-5.7.1 denied"),
+    # Sendmail 8.18: the address's own host and user, which are no status and no reason
+    ("", "nosuchuser", "", ""),
+    ("example.org", "5.1.1", "", ""),
+    ("5.1.1.2", "550 5.1.10.1 x", "", ""),
+])
+def test_rejected_recipient_status_and_reason_as_each_mta_gives_them(
+        tmp_path: Path, host: str, addr: str, status: str, reason: str) -> None:
+    path = tmp_path / "events.log"
+    writer = started_writer(path)
+    ctx = ctx_for(Stage.CONNECT, make(IndexSource()), writer)
+    assert ctx._connect(ip="192.0.2.9") == Milter.CONTINUE
+    ctx._setsymval("{rcpt_mailer}", "error")
+    ctx._setsymval("{rcpt_host}", host)
+    ctx._setsymval("{rcpt_addr}", addr)
+    assert ctx._envrcpt("<nosuchuser@example.org>") == Milter.CONTINUE
+    writer.stop()
+    event = read_events(path)[0]
+    assert (event["event"], event["status"], event["reason"]) == ("rcpt_rejected", status, reason)
+
+
 def test_sender_of_events_comes_with_the_rcpt_macros(tmp_path: Path) -> None:
     """MAIL is not asked for: the sender field comes from {mail_addr} at RCPT, spelled as
     the MAIL argument was (in angle brackets, <> for the null sender)."""
@@ -252,7 +282,7 @@ def test_tagged_client_stays_to_end_of_message_and_gets_one_safe_header(
     src.add(1, "203.0.113.7", scenario="crowdsecurity/http-probing\r\nBcc: x\u00e9")
     src.add(2, "203.0.113.8", scenario="manual")
     policy = make(src, actions=(("ban", Action.REJECT), ("scenario:*http*", Action.TAG)))
-    header = ("ban; origin=crowdsec; scenario=crowdsecurity/http-probing??Bcc: x?; "
+    header = ('ban; origin=crowdsec; scenario="crowdsecurity/http-probing??Bcc: x?"; '
               "scope=Ip; value=203.0.113.7")
     for events in (None, started_writer(tmp_path / "events.log")):
         ctx = ctx_for(Stage.CONNECT, policy, events)

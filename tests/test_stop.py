@@ -27,9 +27,10 @@ def test_sigterm_exits_without_waiting_out_the_poll_and_keeps_sent_events(
         took = proc.stop(signal.SIGTERM)
         mta.close()
         assert proc.proc is not None and proc.proc.returncode == 0, proc.log()
-        # Generous: libmilter's listener polls every few seconds; 2.5 s means that stop
-        # did not wait out a poll interval (not a timing target).
-        assert took < 2.5, f"SIGTERM to exit took {took:.2f}s"
+        # Generous: libmilter's own stop waits out its listener's poll (5.0 s before the
+        # fix); under 4 s means it did not, with slack for a loaded machine (2.6 s seen with
+        # load 40 on 2 cores). Not a timing target.
+        assert took < 4.0, f"SIGTERM to exit took {took:.2f}s"
         events = [json.loads(x) for x in proc.events.read_text().splitlines()]
         assert [(e["event"], e["client_ip"], e["rcpt"]) for e in events
                 if e["event"] == "rcpt_rejected"] == \

@@ -6,11 +6,14 @@ one line naming the option and exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import grp
 import io
 import os
+import pwd
 import re
 import stat
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -19,7 +22,7 @@ import httpx
 
 from . import __version__
 from .lapi import header_safe
-from .policy import Action, Reply, Stage, parse_networks
+from .policy import REPLY_LIMIT, Action, Reply, Stage, parse_networks, wire_size
 from .redact import MASK, mask_url, remember, scrub
 from .settings import ConfigError, Settings
 
@@ -57,7 +60,8 @@ _COMMANDS = {
 
 class _Parser(configargparse.ArgParser):
     def error(self, message: str) -> NoReturn:
-        raise ConfigError(scrub(message))  # `api_key = KEY` comes back as --api_key=KEY
+        # configargparse 1.5 (Debian 12) hands a bad config file's exception, not its text.
+        raise ConfigError(scrub(str(message)))  # `api_key = KEY` comes back as --api_key=KEY
 
 
 def fail(message: str) -> NoReturn:
@@ -166,7 +170,8 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
                         "wider ones (0.0.0.0/0, ::/0: a typo would refuse every client) are "
                         "logged once and counted, never enforced; 0,0 enforces all")
     p.add_argument("--stage", choices=[s.value for s in Stage], default=str(d.stage),
-                   help="where a banned client is answered")
+                   help="where a banned client is answered (helo: at MAIL for a client "
+                        "that skips HELO)")
     for name, reply in (("reject", d.reject_reply), ("tempfail", d.tempfail_reply),
                         ("drop", d.drop_reply), ("unavailable", d.unavailable_reply)):
         p.add_argument(f"--{name}-reply", default=f"{reply.code} {reply.xcode} {reply.text}",
@@ -178,12 +183,14 @@ def build_parser(command: str | None = None) -> configargparse.ArgParser:
     p.add_argument("--dry-run", action="store_true", help="decide and log, but block nobody")
     p.add_argument("--always-allow-rcpt", action="append", default=None, metavar="PATTERN",
                    help="with --stage rcpt, recipients let through even for banned clients "
-                        "(repeatable, shell-style) [default: postmaster@* abuse@*]")
+                        "(repeatable, shell-style; an unqualified Postmaster always is) "
+                        "[default: postmaster@* abuse@*]")
     p.add_argument("--exempt-authenticated", action="store_true",
                    help="never block a session whose client authenticated (SMTP AUTH: the "
                         "{auth_authen} macro, sent at MAIL); needs --stage mail or rcpt")
     p.add_argument("--trap-rcpt", action="append", default=None, metavar="PATTERN",
-                   help="spam-trap recipients (repeatable, shell-style): a RCPT to one "
+                   help="spam-trap recipients (repeatable, shell-style; matched without "
+                        "quotes, source route, trailing dot or case): a RCPT to one "
                         "writes a rcpt_trap event; the MTA's answer is not changed")
     p.add_argument("--local-domains", action="append", default=None, metavar="LIST",
                    help="this MTA's own mail domains (comma-separated, repeatable): an "
@@ -237,6 +244,24 @@ def _usable_key(key: str, source: str) -> str:
     return key
 
 
+def _readable_by_others(mode: int, gid: int) -> bool:
+    """True when a user other than this one can read a key file of this mode and group.
+    Group read is no leak when the group is this user's own private group (the Debian
+    package's key is root:crowdsec-milter 0640, read by the milter running as that user)."""
+    if mode & stat.S_IROTH:
+        return True
+    if not mode & stat.S_IRGRP:
+        return False
+    if gid != os.getegid():
+        return True
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        group = grp.getgrgid(gid)
+    except KeyError:
+        return True
+    return group.gr_name != user or not set(group.gr_mem) <= {user}
+
+
 def _hidden_path(path: str) -> str:
     """How an --api-key-file that cannot be read is named. A mistaken setup may give the
     key itself as the path, so the value is shown only when its folder exists (other than
@@ -255,14 +280,15 @@ def read_api_key(args: configargparse.Namespace) -> str:
         try:
             with open(path, encoding="utf-8") as fh:
                 key = fh.read().strip()
-            mode = os.stat(path).st_mode
+            st = os.stat(path)
+            mode, gid = st.st_mode, st.st_gid
         except OSError as exc:
             raise ConfigError(f"--api-key-file {_hidden_path(path)}: {exc.strerror}") from exc
         except UnicodeDecodeError as exc:
             raise ConfigError(f"--api-key-file {path}: not text") from exc
         key = _usable_key(key, f"--api-key-file {path}")
         remember(key)
-        if mode & (stat.S_IRWXG | stat.S_IRWXO) & (stat.S_IRGRP | stat.S_IROTH):
+        if _readable_by_others(mode, gid):
             print(f"{PROG}: warning: --api-key-file {path} is readable by other users "
                   "(chmod 600 it)", file=sys.stderr)
         return key
@@ -290,6 +316,9 @@ def check_socket(spec: str) -> str:
 def check_url(url: str) -> str:
     try:
         parsed = httpx.URL(url)
+        # The port, by the standard library: httpx 0.23 reads a bad one as no host at all,
+        # and no httpx minds one past 65535.
+        urllib.parse.urlsplit(url).port  # noqa: B018
     except Exception as exc:
         raise ConfigError(f"--lapi-url {url!r} is not a URL") from exc
     if parsed.scheme not in ("http", "https") or not parsed.host:
@@ -359,6 +388,12 @@ def check_account_reply(text: str) -> str:
     except (KeyError, ValueError, TypeError):
         raise ConfigError("--account-reply may use only %(user)s %(ip)s %(type)s "
                           f"%(scenario)s %(origin)s: {text!r}") from None
+    fixed = wire_size(text.strip() % {"user": "", "ip": "", "type": "", "scenario": "",
+                                      "origin": ""})
+    if fixed > REPLY_LIMIT:  # never fits what libmilter takes, whatever is filled in
+        raise ConfigError(f"--account-reply is {fixed} bytes as sent (UTF-8, '%' doubled) "
+                          f"before any field is filled in; libmilter takes at most "
+                          f"{REPLY_LIMIT}")
     return text.strip()
 
 

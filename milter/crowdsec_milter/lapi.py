@@ -18,16 +18,23 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import certifi
 import httpcore
 import httpx
+
+try:  # httpcore 0.17 and later (Debian 13, PyPI)
+    from httpcore import NetworkBackend, NetworkStream
+except ImportError:  # httpcore 0.16 (Debian 12's, with httpx 0.23): the same classes, not exported
+    from httpcore.backends.base import NetworkBackend, NetworkStream
 
 from . import __version__
 from .jsonstream import StreamFormatError, iter_arrays, iter_list, loads
 
-USER_AGENT = f"crowdsec-milter/{__version__}"
+# CrowdSec's bouncer guidelines name a bouncer crowdsec-<name>-bouncer/vX.Y.Z toward LAPI.
+USER_AGENT = f"crowdsec-milter-bouncer/v{__version__}"
 # An API key travels as a header value: printable ASCII, spaces only inside.
 _HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 
@@ -66,10 +73,10 @@ def _until(at: float) -> Iterator[None]:
         _deadline.at = previous
 
 
-class _DeadlineStream(httpcore.NetworkStream):
+class _DeadlineStream(NetworkStream):
     """A connection whose every wait is cut to the current request's deadline."""
 
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
+    def __init__(self, inner: NetworkStream) -> None:
         self._inner = inner
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
@@ -82,7 +89,7 @@ class _DeadlineStream(httpcore.NetworkStream):
         self._inner.close()
 
     def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
+                  timeout: float | None = None) -> NetworkStream:
         return _DeadlineStream(self._inner.start_tls(
             ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout)))
 
@@ -90,27 +97,62 @@ class _DeadlineStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
-class _DeadlineBackend(httpcore.NetworkBackend):
-    """httpcore's plain socket backend, with connections that honour the deadline."""
+class _DeadlineBackend(NetworkBackend):
+    """The transport's own network backend, with connections that honour the deadline.
+    Other arguments (local_address; socket_options from httpcore 0.17 on) pass through
+    as httpcore gave them, so each httpcore version gets the signature it knows."""
 
-    def __init__(self) -> None:
-        self._inner = httpcore.SyncBackend()
+    def __init__(self, inner: NetworkBackend) -> None:
+        self._inner = inner
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                    local_address: str | None = None,
-                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+                    **options: Any) -> NetworkStream:
         return _DeadlineStream(self._inner.connect_tcp(
-            host, port, _left(timeout, httpcore.ConnectTimeout), local_address,
-            socket_options))
+            host, port, _left(timeout, httpcore.ConnectTimeout), **options))
 
     def connect_unix_socket(self, path: str, timeout: float | None = None,
-                            socket_options: Iterable[Any] | None = None
-                            ) -> httpcore.NetworkStream:
+                            **options: Any) -> NetworkStream:
         return _DeadlineStream(self._inner.connect_unix_socket(
-            path, _left(timeout, httpcore.ConnectTimeout), socket_options))
+            path, _left(timeout, httpcore.ConnectTimeout), **options))
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
+
+
+def tls_context(ca: str | None, cert: tuple[str, str] | None) -> ssl.SSLContext:
+    """The TLS settings of every LAPI connection: the CA file `ca` (else certifi's bundle,
+    as httpx's own default), an optional client certificate, and Python 3.13's strict X.509
+    checks on every Python. 3.11 and 3.12 accept a CA without a keyUsage extension that 3.13
+    refuses: checking strictly everywhere means a setup that works on Debian 12 keeps working
+    after an upgrade to Debian 13."""
+    context = ssl.create_default_context(cafile=ca or certifi.where())
+    context.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
+    if cert:
+        context.load_cert_chain(*cert)  # bouncer auth by client certificate
+    return context
+
+
+# OpenSSL's X509_V_ERR_CA_CERT_MISSING_KEY_USAGE: the one strict check an older private CA
+# (openssl req -x509 with the default config) fails.
+_CA_WITHOUT_KEY_USAGE = 92
+
+
+def unreachable(exc: BaseException, detail: bool = True) -> str:
+    """One line for a request that failed below HTTP (with the exception's text if
+    `detail`). A certificate that failed verification gets what is wrong and what to do."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return f"LAPI unreachable: {type(exc).__name__}" + (f": {exc}" if detail else "")
+    what = getattr(cause, "verify_message", "") or str(cause)
+    if getattr(cause, "verify_code", 0) == _CA_WITHOUT_KEY_USAGE:
+        return (f"LAPI's certificate refused: {what}. The CA certificate (the --lapi-ca file) "
+                "needs a keyUsage extension with keyCertSign, as strict X.509 checking requires "
+                "(Python 3.13's default, applied on every Python): reissue the CA certificate "
+                "from its key with keyUsage=critical,keyCertSign,cRLSign")
+    return (f"LAPI's certificate refused: {what}. Check that --lapi-ca names the CA that "
+            "signed LAPI's certificate, and that both meet strict X.509 rules (RFC 5280)")
 
 
 class LapiError(Exception):
@@ -157,18 +199,18 @@ class LapiClient:
         self._pull_total = max(pull_total, timeout)
         self._startup_total = max(startup_total, self._startup_timeout)
         self._max_bytes = max_bytes
-        context: ssl.SSLContext | bool = verify if isinstance(verify, bool) and not cert else \
-            ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
-        if cert and isinstance(context, ssl.SSLContext):
-            context.load_cert_chain(*cert)  # bouncer auth by client certificate
+        context: ssl.SSLContext | bool = False if verify is False else \
+            tls_context(verify if isinstance(verify, str) else None, cert)
         transport = httpx.HTTPTransport(
             verify=context,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
         )
+        # httpx has no public way to give its transport a network backend: set the pool's.
         pool = getattr(transport, "_pool", None)
-        if not isinstance(getattr(pool, "_network_backend", None), httpcore.NetworkBackend):
+        backend = getattr(pool, "_network_backend", None)
+        if not isinstance(backend, NetworkBackend):
             raise RuntimeError("this httpx/httpcore cannot take a request deadline")
-        pool._network_backend = _DeadlineBackend()  # type: ignore[union-attr]
+        pool._network_backend = _DeadlineBackend(backend)  # type: ignore[union-attr]
         self._http = httpx.Client(headers=headers, transport=transport, follow_redirects=False)
 
     def close(self) -> None:
@@ -193,8 +235,7 @@ class LapiClient:
         except httpx.TimeoutException as exc:
             raise LapiError("timeout", f"LAPI did not answer within {total:g}s") from exc
         except httpx.HTTPError as exc:
-            raise LapiError("connect", self._scrub(f"LAPI unreachable: {type(exc).__name__}: "
-                                                   f"{exc}")) from exc
+            raise LapiError("connect", self._scrub(unreachable(exc))) from exc
 
     def _scrub(self, text: str) -> str:
         """`text` without the API key in any form it may take in an exception's text."""
@@ -235,7 +276,7 @@ class LapiClient:
         except httpx.TimeoutException as exc:
             raise LapiError("timeout", f"LAPI did not answer within {self._timeout:g}s") from exc
         except httpx.HTTPError as exc:
-            raise LapiError("connect", f"LAPI unreachable: {type(exc).__name__}") from exc
+            raise LapiError("connect", self._scrub(unreachable(exc, detail=False))) from exc
 
     def check_key(self, ip: str) -> None:
         """Raise LapiError unless LAPI accepts the key, asking with `HEAD /v1/decisions`:
@@ -249,7 +290,7 @@ class LapiClient:
         except httpx.TimeoutException as exc:
             raise LapiError("timeout", f"LAPI did not answer within {self._timeout:g}s") from exc
         except httpx.HTTPError as exc:
-            raise LapiError("connect", f"LAPI unreachable: {type(exc).__name__}") from exc
+            raise LapiError("connect", self._scrub(unreachable(exc, detail=False))) from exc
         if status == 403:
             raise LapiError("auth", "LAPI refused the API key (403 access forbidden)")
         if status != 200:
@@ -264,7 +305,7 @@ class LapiClient:
         except httpx.TimeoutException as exc:
             raise LapiError("timeout", f"LAPI did not answer within {self._timeout:g}s") from exc
         except httpx.HTTPError as exc:
-            raise LapiError("connect", f"LAPI unreachable: {type(exc).__name__}") from exc
+            raise LapiError("connect", self._scrub(unreachable(exc, detail=False))) from exc
 
     def stream_items(self, startup: bool, scopes: str = "") -> Iterator[tuple[str, Any]]:
         """One pull, as ("new" | "deleted", decision) pairs read while the body arrives,

@@ -53,6 +53,33 @@ class Stage(enum.StrEnum):
 
 _REPLY = re.compile(r"^([245]\d\d) (?:([245]\.\d{1,3}\.\d{1,3}) )?(\S.*)$")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+# The longest reply text libmilter's smfi_setreply takes (MAXREPLYLEN in sendmail's
+# libmilter/smfi.c), in bytes as pymilter sends it: UTF-8, with each '%' doubled.
+REPLY_LIMIT = 980
+FIELD_LIMIT = 100  # bytes of one filled-in field (a scenario may be anything LAPI was given)
+_NO_FIELDS = {"ip": "", "type": "", "scenario": "", "origin": ""}
+
+
+def wire_size(text: str) -> int:
+    """The bytes `text` takes in a reply: UTF-8, '%' doubled (pymilter requires it)."""
+    return len(text.encode("utf-8", "replace")) + text.count("%")
+
+
+def fit(text: str, limit: int) -> str:
+    """The longest head of `text` whose wire size is within `limit` bytes: never half a
+    character, never half of a doubled '%'."""
+    size = 0
+    for i, ch in enumerate(text):
+        size += wire_size(ch)
+        if size > limit:
+            return text[:i]
+    return text
+
+
+def _field(value: str) -> str:
+    """A field as a reply may show it: one line, encodable, at most FIELD_LIMIT bytes."""
+    value = value.encode("utf-8", "replace").decode("utf-8")  # lone surrogates become '?'
+    return fit(_UNSAFE.sub("?", value), FIELD_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -75,18 +102,66 @@ class Reply:
         if xcode and xcode[0] != first_digit:
             raise ValueError(f"enhanced code must start with {first_digit}: {spec!r}")
         try:
-            text % {"ip": "192.0.2.1", "type": "ban", "scenario": "x", "origin": "x"}
+            fixed = text % _NO_FIELDS
         except (KeyError, ValueError, TypeError) as exc:
             raise ValueError(
                 f"reply text may use only %(ip)s %(type)s %(scenario)s %(origin)s: {spec!r}"
             ) from exc
+        if _UNSAFE.search(text):
+            raise ValueError(f"reply text has a control character: {spec!r}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"reply text is not valid UTF-8: {spec!r}") from None
+        if wire_size(fixed) > REPLY_LIMIT:  # too long with every field empty: never fits
+            raise ValueError(f"reply text is {wire_size(fixed)} bytes as sent (UTF-8, '%' "
+                             f"doubled) before any field is filled in; libmilter takes at "
+                             f"most {REPLY_LIMIT}")
         return cls(code, xcode, text)
 
     def render(self, fields: Mapping[str, str]) -> tuple[str, str | None, str]:
-        """The reply to send: fields made single-line and '%' doubled for libmilter."""
-        safe = {k: _UNSAFE.sub("?", v)[:100] for k, v in fields.items()}
-        text = (self.text % safe).replace("%", "%%")
+        """The reply to send: fields made single-line and cut to FIELD_LIMIT bytes, the
+        text cut to what libmilter takes (REPLY_LIMIT bytes), '%' doubled for pymilter."""
+        safe = {k: _field(v) for k, v in fields.items()}
+        text = fit(self.text % {**_NO_FIELDS, **safe}, REPLY_LIMIT).replace("%", "%%")
         return self.code, self.xcode, text
+
+
+TAG_LIMIT = 900  # bytes of a tag header's value: one header, well inside RFC 5322's 998
+_NOT_HEADER_SAFE = re.compile(r"[^\x20-\x7e]")
+_BARE = re.compile(r"[^\s;=\"\\]+")  # a value that needs no quotes
+
+
+def _param(value: str) -> str:
+    """A header parameter value: bare when it holds no separator, else a quoted-string
+    (RFC 2045 style, `\\` and `\"` escaped), so no value can add or end a field."""
+    if _BARE.fullmatch(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def tag_value(decision: Decision) -> str:
+    """The tag header's value: `TYPE; origin=..; scenario=..; scope=..; value=..`, in
+    printable ASCII only (a scenario may hold anything LAPI was given), a value quoted
+    when it holds a separator, and at most TAG_LIMIT bytes (the longest field is cut,
+    never the quoting; 899 when the last cut falls on an escaped character)."""
+    fields = [_NOT_HEADER_SAFE.sub("?", x) for x in (
+        decision.type, decision.origin, decision.scenario, decision.scope, decision.value)]
+    names = ("origin", "scenario", "scope", "value")
+
+    def render() -> str:
+        params = "".join(f"; {k}={_param(v)}" for k, v in zip(names, fields[1:], strict=True))
+        return _param(fields[0]) + params
+
+    text = render()
+    while len(text) > TAG_LIMIT:
+        longest = max(range(len(fields)), key=lambda i: len(fields[i]))
+        # half the excess at a time: an escaped character takes two bytes, so cutting the
+        # whole excess at once could cut up to twice too much
+        cut = len(fields[longest]) - (len(text) - TAG_LIMIT + 1) // 2
+        fields[longest] = fields[longest][:max(0, cut)]
+        text = render()
+    return text
 
 
 @dataclass(frozen=True)
@@ -222,6 +297,5 @@ class Policy:
         """What a client gets while no decision can be had (also after an internal error)."""
         if self._on_error is Action.ACCEPT:
             return None
-        fields = {"ip": ip, "type": "", "scenario": "", "origin": ""}
-        return Verdict(self._on_error, self._unavailable.render(fields), None,
+        return Verdict(self._on_error, self._unavailable.render({"ip": ip}), None,
                        not self._dry_run, "lapi_unavailable")

@@ -4,8 +4,9 @@ Each callback the MTA makes costs it and us about 15 system calls and a context 
 (bench/README.md), so the answer to the MTA's offer is worked out once per offer and per
 configuration, not per connection as pymilter's `Base.negotiate` does:
 
-- the bouncer (the verdict) needs the callback of its stage; with the event log off, it is
-  all that is asked for, and a client that is let through gets ACCEPT there;
+- the bouncer (the verdict) needs the callback of its stage (with --stage helo, MAIL too: a
+  client may skip HELO, see `deciding`); with the event log off, that is all that is asked
+  for, and a client that is let through gets ACCEPT there;
 - the sensor (events) also needs HELO (the helo field), each RCPT (rejected recipients, with
   SMFIP_RCPT_REJ) and DATA (answered ACCEPT, so the content phase never reaches us); the
   sender comes with the RCPT macros ({mail_addr}, asked for with setsymlist) when the MTA
@@ -37,6 +38,19 @@ CALLBACKS = {
 NEVER = Milter.P_NOUNKNOWN | Milter.P_NOHDRS | Milter.P_NOEOH | Milter.P_NOBODY
 
 
+def deciding(stage: Stage) -> tuple[Stage, ...]:
+    """The callbacks that give the verdict for `--stage`: its own, and the first later one
+    a client cannot skip when it can skip this one.
+
+    A client may go straight to MAIL without HELO (Postfix's `smtpd_helo_required = no` is
+    the default; Sendmail does not require it either), so --stage helo also decides at MAIL
+    when no HELO came. The connect always comes; RCPT cannot come without MAIL, nor DATA
+    without RCPT (503), so --stage connect, mail and rcpt need no second chance. Once given,
+    the verdict is carried out again at each deciding callback that still comes (a client
+    that sends HELO again)."""
+    return (Stage.HELO, Stage.MAIL) if stage is Stage.HELO else (stage,)
+
+
 @dataclass(frozen=True)
 class Request:
     """The answer to one offer: protocol bits (SMFIP_*) and the RCPT macros to ask for."""
@@ -61,8 +75,8 @@ def request(stage: Stage, sensor: bool, mail: bool = False, rcpt: bool = False,
     the callbacks answer CONTINUE then)."""
     symlist = sensor and bool(actions & Milter.SETSYMLIST)
     needed = {"connect"}
-    needed.add({Stage.CONNECT: "connect", Stage.HELO: "hello", Stage.MAIL: "envfrom",
-                Stage.RCPT: "envrcpt"}[stage])
+    stages = deciding(stage)
+    needed |= {name for name, (own, _, _) in CALLBACKS.items() if own in stages}
     if mail or account:
         needed.add("envfrom")
     if rcpt:
@@ -80,7 +94,7 @@ def request(stage: Stage, sensor: bool, mail: bool = False, rcpt: bool = False,
     for name, (own, noreply, nocallback) in CALLBACKS.items():
         if name not in needed:
             steps |= nocallback
-        elif own is not None and own is not stage and not (account and own is Stage.MAIL):
+        elif own is not None and own not in stages and not (account and own is Stage.MAIL):
             steps |= noreply
     macros = RCPT_MACROS if symlist and "envfrom" not in needed else ""
     return Request(steps & offered, macros)

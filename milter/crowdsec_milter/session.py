@@ -15,7 +15,6 @@ us), and the right to add headers is asked for only while some `--action` key ca
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import re
 import socket
@@ -26,15 +25,17 @@ from typing import Any
 
 import Milter
 
-from .decisions import Decision, iso_expiry, parse_address
+from . import address
+from .decisions import iso_expiry, parse_address
 from .events import EventWriter, clean_text
-from .policy import Action, Policy, Stage, Verdict
-from .protocol import Request, request
+from .policy import Action, Policy, Stage, Verdict, tag_value
+from .protocol import Request, deciding, request
 from .signals import Fanout, helo_forged, sender_spoofed
 from .tally import ERRORS, SESSIONS, Tally, account_blocked, blocked, rcpt_rejected, rcpt_trap
 
 log = logging.getLogger("crowdsec_milter.session")
 
+_CLOSING = "Service not available, closing transmission channel"  # RFC 5321's 421 text
 _RESULT = {Action.REJECT: Milter.REJECT, Action.TEMPFAIL: Milter.TEMPFAIL,
            Action.DROP: Milter.TEMPFAIL}
 
@@ -68,11 +69,23 @@ class SessionContext:
         """Whether some --action key (or the default) can give tag."""
         return Action.TAG in self.policy.rules.actions
 
-    def allowed_rcpt(self, rcpt: str) -> bool:
-        return _matches(rcpt, self.always_allow_rcpt)
+    @property
+    def deciding(self) -> tuple[Stage, ...]:
+        """The callbacks that may give the verdict: the stage's, and the next one when a
+        client can skip it (protocol.deciding)."""
+        return deciding(self.stage)
 
-    def trap(self, rcpt: str) -> bool:
-        return bool(self.trap_rcpt) and _matches(rcpt, self.trap_rcpt)
+    def allowed_rcpt(self, rcpt: str, resolved: str = "") -> bool:
+        """A recipient a banned client may still reach: unqualified Postmaster (RFC 5321
+        4.5.1 MUST), and --always-allow-rcpt in any spelling (address.py)."""
+        return address.is_postmaster(rcpt) or address.matches(
+            address.spellings(rcpt, resolved), self.always_allow_rcpt)
+
+    def trap(self, rcpt: str, resolved: str = "") -> bool:
+        """A spam-trap recipient, however the client wrote it, or what the MTA resolved it
+        to ({rcpt_addr})."""
+        return bool(self.trap_rcpt) and address.matches(address.spellings(rcpt, resolved),
+                                                        self.trap_rcpt)
 
     @property
     def final_at_verdict(self) -> bool:
@@ -87,21 +100,22 @@ class SessionContext:
                        actions=actions, offered=offered, account=self.accounts)
 
 
-def _matches(rcpt: str, patterns: tuple[str, ...]) -> bool:
-    address = rcpt.strip().strip("<>").lower()
-    return any(fnmatch.fnmatchcase(address, pattern) for pattern in patterns)
+# An enhanced status code (RFC 3463), and an SMTP reply that carries one.
+_STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+_REPLY_STATUS = re.compile(r"[245]\d\d[ -]([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
 
 
-TAG_LIMIT = 900  # bytes of a tag header's value: one header, well inside RFC 5322's 998
-_NOT_HEADER_SAFE = re.compile(r"[^\x20-\x7e]")
-
-
-def tag_value(decision: Decision) -> str:
-    """The tag header's value: `TYPE; origin=..; scenario=..; scope=..; value=..`, in
-    printable ASCII only (a scenario may hold anything LAPI was given) and bounded."""
-    text = (f"{decision.type}; origin={decision.origin}; scenario={decision.scenario}; "
-            f"scope={decision.scope}; value={decision.value}")
-    return _NOT_HEADER_SAFE.sub("?", text)[:TAG_LIMIT]
+def refusal(host: str, addr: str) -> tuple[str, str]:
+    """(enhanced status, reason) of a recipient the MTA refused, from its {rcpt_host} and
+    {rcpt_addr} macros. Postfix and Sendmail 8.17 put the status in {rcpt_host} and the
+    reason in {rcpt_addr} (Sendmail as its reply, "550 5.1.1 User unknown"); a status found
+    only in such a reply is taken from it. Sendmail 8.18 passes neither: the macros keep
+    the address's own host and user ("" and the local part), which must not pass for a
+    status or a reason, so both are empty then."""
+    if _STATUS.fullmatch(host):
+        return host, addr
+    found = _REPLY_STATUS.match(addr)
+    return (found.group(1), addr) if found else ("", "")
 
 
 def _addr(family: int, hostaddr: Any) -> str:
@@ -203,9 +217,10 @@ class Session(Milter.Base):
                 return Milter.CONTINUE
         except Exception:
             log.exception("internal error recording a rejected recipient")
-        result = self._at(Stage.RCPT, rcpt=to)
+        resolved = self._macro("{rcpt_addr}")  # the address the MTA resolved `to` to
+        result = self._at(Stage.RCPT, rcpt=to, resolved=resolved)
         try:
-            if self.context.trap(to):  # seen, never answered differently
+            if self.context.trap(to, resolved):  # seen, never answered differently
                 self._rcpt_trap(to, accepted=result == Milter.CONTINUE)
         except Exception:
             log.exception("internal error recording a trap recipient")
@@ -313,10 +328,10 @@ class Session(Milter.Base):
 
     # -- internals -------------------------------------------------------------------------
 
-    def _at(self, stage: Stage, rcpt: str) -> int:
-        if stage is not self.context.stage:
+    def _at(self, stage: Stage, rcpt: str, resolved: str = "") -> int:
+        if stage not in self.context.deciding:
             return Milter.CONTINUE
-        if rcpt and self.context.always_allow_rcpt and self.context.allowed_rcpt(rcpt):
+        if rcpt and self.context.allowed_rcpt(rcpt, resolved):
             return Milter.CONTINUE
         try:
             if not self.asked:
@@ -339,7 +354,7 @@ class Session(Milter.Base):
             code, xcode, text = verdict.reply
             if verdict.action is Action.DROP:
                 code = "421"
-            self.setreply(code, xcode, text)
+            self._set_reply(code, xcode, text)
             return _RESULT[verdict.action]
         except Exception:
             self.context.tally.inc(ERRORS)
@@ -362,7 +377,7 @@ class Session(Milter.Base):
                 return None
             assert verdict.reply is not None
             code, xcode, text = verdict.reply
-            self.setreply("421" if verdict.action is Action.DROP else code, xcode, text)
+            self._set_reply("421" if verdict.action is Action.DROP else code, xcode, text)
             return _RESULT[verdict.action]
         except Exception:
             self.context.tally.inc(ERRORS)
@@ -380,11 +395,26 @@ class Session(Milter.Base):
             verdict = self.context.policy.unavailable(self.ip)
             if verdict is None or not verdict.enforce or verdict.reply is None:
                 return Milter.CONTINUE
-            self.setreply(*verdict.reply)
+            self._set_reply(*verdict.reply)
             return Milter.TEMPFAIL
         except Exception:
             log.exception("internal error in the fallback answer")
             return Milter.CONTINUE
+
+    def _set_reply(self, code: str, xcode: str | None, text: str) -> None:
+        """Set the reply; when libmilter refuses it (`cannot set reply`), the verdict still
+        holds with the bare code: the MTA's own text (for 421, a fixed one)."""
+        try:
+            self.setreply(code, xcode, text)
+        except Exception:
+            self.context.tally.inc(ERRORS)
+            log.exception("cannot set the reply %s %s (%d bytes): answering with the bare "
+                          "code", code, xcode or "", len(text.encode("utf-8", "replace")))
+            if code == "421":  # the code that closes the session: worth one more try
+                try:
+                    self.setreply("421", None, _CLOSING)
+                except Exception:
+                    log.exception("cannot set the bare 421 reply either")
 
     def _report(self, verdict: Verdict, stage: Stage, rcpt: str, exempt: bool = False,
                 account: bool = False) -> None:
@@ -435,7 +465,7 @@ class Session(Milter.Base):
             )
 
     def _rcpt_rejected(self, to: str) -> None:
-        status = self._macro("{rcpt_host}")
+        status, reason = refusal(self._macro("{rcpt_host}"), self._macro("{rcpt_addr}"))
         self.context.tally.inc(rcpt_rejected(status[:1] + "xx" if status else "unknown"))
         if self.context.events is None:
             return
@@ -443,7 +473,7 @@ class Session(Milter.Base):
             "rcpt_rejected",
             client_ip=self.ip, client_name=self.client_name, helo=self.helo,
             mail_from=self.mail_from, rcpt=to, status=status,
-            reason=self._macro("{rcpt_addr}"), queue_id=self._macro("i"), mta=self._macro("j"),
+            reason=reason, queue_id=self._macro("i"), mta=self._macro("j"),
         )
 
     def _rcpt_trap(self, to: str, accepted: bool) -> None:
@@ -454,12 +484,12 @@ class Session(Milter.Base):
         if self.context.events is None:
             return
         rejected = not accepted and self._macro("{rcpt_mailer}") == "error"
+        status, reason = refusal(self._macro("{rcpt_host}"), self._macro("{rcpt_addr}")) \
+            if rejected else ("", "")
         self.context.events.emit(
             "rcpt_trap",
             client_ip=self.ip, client_name=self.client_name, helo=self.helo,
-            mail_from=self.mail_from, rcpt=to,
-            status=self._macro("{rcpt_host}") if rejected else "",
-            reason=self._macro("{rcpt_addr}") if rejected else "",
+            mail_from=self.mail_from, rcpt=to, status=status, reason=reason,
             queue_id=self._macro("i"), mta=self._macro("j"), accepted=accepted,
         )
 
@@ -475,11 +505,11 @@ _NOREPLY_UNLESS = {"connect": Stage.CONNECT, "hello": Stage.HELO, "envfrom": Sta
 
 
 def session_class(context: SessionContext) -> type[Session]:
-    """A Session subclass bound to `context`, whose callbacks other than the deciding one
+    """A Session subclass bound to `context`, whose callbacks other than the deciding ones
     are negotiated as no-reply, so the MTA does not wait for them."""
     attrs: dict[str, Any] = {"context": context, "_requests": {}, "_said": set()}
     for name, stage in _NOREPLY_UNLESS.items():
-        if stage is not context.stage and not (context.accounts and stage is Stage.MAIL):
+        if stage not in context.deciding and not (context.accounts and stage is Stage.MAIL):
             attrs[name] = Milter.noreply(getattr(Session, name))
     cls = type(f"Session_{context.stage}", (Session,), attrs)
     return Milter.rejected_recipients(cls)

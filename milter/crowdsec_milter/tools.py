@@ -34,10 +34,9 @@ from .decisions import (
     too_wide,
 )
 from .lapi import LapiError
-from .policy import Action, Policy, Stage, Verdict
+from .policy import Action, Policy, Stage, Verdict, tag_value
 from .redact import scrub
 from .selection import Selection
-from .session import tag_value
 from .settings import Settings
 from .source import LiveSource
 from .wiring import make_client, make_geo, make_policy
