@@ -12,9 +12,11 @@ import re
 
 MASK = "********"
 # An option or field name that says its value is a secret: api_key, apikey, lapi-key,
-# secret, password, passwd, token..., followed by `=`: but not the bare word `key` (the
-# operational log's `key=ban` names the --action key that decided).
-_NAME = r"(?!key\b)[A-Za-z0-9_.-]*(?:key|secret|passw|token)[A-Za-z0-9_.-]*"
+# api-key-file, secret, password, passwd, token..., followed by `=`: but not the bare word
+# `key` (the operational log's `key=ban` names the --action key that decided), nor a word
+# that only starts with one (`keyUsage=critical` in the TLS advice is no secret).
+_NAME = (r"(?!key\b)[A-Za-z0-9_.-]*(?:key|secret|passw[a-z]*|token)"
+         r"(?:[_.-][A-Za-z0-9_.-]*)?")
 _NAMED = re.compile(rf"(?i)(?<![\w-])(-{{0,2}}{_NAME}\s*=\s*)(\[[^\]]*\]|[^\s,;\]]+)")
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s@]*@")
 _UNRECOGNIZED = "unrecognized arguments: "
