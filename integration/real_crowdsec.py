@@ -290,3 +290,23 @@ on_success: break
     def alerts(self) -> list[dict[str, Any]]:
         raw = self.cscli("alerts", "list", "-o", "json").strip()
         return json.loads(raw) if raw and raw != "null" else []
+
+
+def replayed_alerts(workdir: Path, lines: list[str]) -> list[dict[str, Any]]:
+    """The alerts a fresh CrowdSec (in `workdir`) raises from recorded event lines, replayed
+    with the shipped content: [] when none came within 5 s of the replay's end."""
+    log = workdir / "events.log"
+    workdir.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(lines))
+    cs = CrowdSec(workdir / "cs").start()
+    try:
+        cs.replay(log)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            alerts = cs.alerts()
+            if alerts:
+                return alerts
+            time.sleep(0.3)
+        return []
+    finally:
+        cs.stop()

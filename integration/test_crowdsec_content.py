@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from crowdsec_milter.events import EVENT_VERSION, format_event
 from eventschema import sample, validate_line
-from real_crowdsec import CrowdSec
+from real_crowdsec import CrowdSec, replayed_alerts
 
 pytestmark = pytest.mark.integration
 
@@ -28,23 +28,10 @@ def line(ip: str, rcpt: str, kind: tuple[str, str], at: float) -> str:
 
 def replay(tmp_path: Path, lines: list[str]) -> dict[str, set[str]]:
     """Scenario names that fired, by source address."""
-    log = tmp_path / "events.log"
-    log.write_text("".join(lines))
-    cs = CrowdSec(tmp_path / "cs").start()
-    try:
-        cs.replay(log)
-        deadline = time.monotonic() + 5
-        fired: dict[str, set[str]] = {}
-        while time.monotonic() < deadline:
-            fired = {}
-            for alert in cs.alerts():
-                fired.setdefault(alert["source"]["value"], set()).add(alert["scenario"])
-            if fired:
-                break
-            time.sleep(0.3)
-        return fired
-    finally:
-        cs.stop()
+    fired: dict[str, set[str]] = {}
+    for alert in replayed_alerts(tmp_path, lines):
+        fired.setdefault(alert["source"]["value"], set()).add(alert["scenario"])
+    return fired
 
 
 def test_dictionary_attacks_and_relay_probes_are_detected(tmp_path: Path) -> None:

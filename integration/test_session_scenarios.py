@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from crowdsec_milter.events import format_event
 from eventschema import sample, validate_line
-from real_crowdsec import CrowdSec
+from real_crowdsec import replayed_alerts
 
 pytestmark = pytest.mark.integration
 
@@ -25,26 +25,14 @@ def event(name: str, at: float, **fields: Any) -> str:
 def replay(tmp_path: Path, lines: list[str]) -> dict[tuple[str, str], set[str]]:
     """Scenario names that fired, by the (scope, value) of their alert's source; each
     alert's decisions as "decision:TYPE:SCOPE:VALUE" beside them."""
-    log = tmp_path / "events.log"
-    log.write_text("".join(sorted(lines, key=lambda x: x[9:36])))  # by time, as a log is
-    cs = CrowdSec(tmp_path / "cs").start()
-    try:
-        cs.replay(log)
-        fired: dict[tuple[str, str], set[str]] = {}
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            fired = {}
-            for alert in cs.alerts():
-                source = alert["source"]
-                fired.setdefault((source["scope"], source["value"]), set()).update(
-                    [alert["scenario"]] + [f"decision:{d['type']}:{d['scope']}:{d['value']}"
-                                           for d in alert.get("decisions") or []])
-            if fired:
-                break
-            time.sleep(0.3)
-        return fired
-    finally:
-        cs.stop()
+    fired: dict[tuple[str, str], set[str]] = {}
+    in_order = sorted(lines, key=lambda x: x[9:36])  # by time, as an event log is
+    for alert in replayed_alerts(tmp_path, in_order):
+        source = alert["source"]
+        fired.setdefault((source["scope"], source["value"]), set()).update(
+            [alert["scenario"]] + [f"decision:{d['type']}:{d['scope']}:{d['value']}"
+                                   for d in alert.get("decisions") or []])
+    return fired
 
 
 def test_each_session_signal_bans_past_its_threshold_and_not_below(tmp_path: Path) -> None:
